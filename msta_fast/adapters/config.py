@@ -1,0 +1,98 @@
+"""Options of ``msta_fast.patch``: one validated dataclass, saved beside the adapter weights."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+METHODS = ("msta", "lora", "adaptformer", "full", "zero")
+
+# The published defaults of each method, used where an option is left as None:
+# MSTA: r=256, s=0.005 (paper Table 1, base-to-novel). LoRA: rank 128 on q, k, v, o of the video
+# tower = 9.4M parameters on ViCLIP-B/16 (the paper's LoRA budget). AdaptFormer: r=256 in both
+# towers = 7.9M (the paper's AdaptFormer budget), s=0.1 (AdaptFormer's video setting).
+METHOD_DEFAULTS = {
+    "msta": dict(dim=256, scale=0.005, towers=("vision", "text")),
+    "lora": dict(dim=128, scale=1.0, towers=("vision",)),
+    "adaptformer": dict(dim=256, scale=0.1, towers=("vision", "text")),
+    "full": dict(towers=("vision", "text")),
+    "zero": dict(towers=()),
+}
+LINEAR_INITS = ("kaiming", "xavier")
+CONV_INITS = ("zeros", "kaiming", "normal")
+LORA_TARGETS = ("q", "k", "v", "o")
+
+
+@dataclass
+class PatchConfig:
+    """What to inject. ``start_layer`` is 1-based: blocks ``start_layer .. L`` of each tower.
+
+    MSTA options: ``temporal_kernel`` (kT, kH, kW) of the depthwise temporal convolution
+    ((3, 1, 1) reproduces the paper's parameter counts; (3, 3, 3) is the natural variant),
+    ``dropout`` on the hidden activation after the shared layer, ``grad_scale`` (parameters see
+    gradients as if the scale were 1), ``linear_init``, ``conv_init``, ``share`` (one shared layer
+    per depth for both towers; False gives each tower its own, an ablation).
+    LoRA: ``lora_targets`` among q, k, v, o. Raw open_clip models: ``num_frames`` per clip.
+    """
+
+    method: str = "msta"
+    dim: int | None = None
+    start_layer: int = 1
+    scale: float | None = None
+    dropout: float = 0.1
+    grad_scale: bool = True
+    temporal_kernel: tuple[int, int, int] = (3, 1, 1)
+    linear_init: str = "kaiming"
+    conv_init: str = "zeros"
+    share: bool = True
+    towers: tuple[str, ...] | None = None
+    lora_targets: tuple[str, ...] = ("q", "k", "v", "o")
+    num_frames: int | None = None
+    extra: dict = field(default_factory=dict, repr=False)
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; expected one of {METHODS}")
+        for key, value in METHOD_DEFAULTS[self.method].items():
+            if getattr(self, key) is None:
+                setattr(self, key, value)
+        self.temporal_kernel = tuple(int(k) for k in self.temporal_kernel)
+        self.towers = tuple(self.towers)
+        self.lora_targets = tuple(self.lora_targets)
+        if self.method in ("msta", "lora", "adaptformer"):
+            if not isinstance(self.dim, int) or self.dim < 1:
+                raise ValueError(f"dim must be an integer >= 1, got {self.dim!r}")
+        if not isinstance(self.start_layer, int) or self.start_layer < 1:
+            raise ValueError(f"start_layer is 1-based and must be >= 1, got {self.start_layer!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if len(self.temporal_kernel) != 3 or any(k < 1 or k % 2 == 0 for k in self.temporal_kernel):
+            raise ValueError(f"temporal_kernel must be three odd sizes (kT, kH, kW), got {self.temporal_kernel}")
+        if self.linear_init not in LINEAR_INITS:
+            raise ValueError(f"linear_init must be one of {LINEAR_INITS}, got {self.linear_init!r}")
+        if self.conv_init not in CONV_INITS:
+            raise ValueError(f"conv_init must be one of {CONV_INITS}, got {self.conv_init!r}")
+        if unknown := set(self.towers) - {"vision", "text"}:
+            raise ValueError(f"unknown towers {sorted(unknown)}; expected 'vision' and/or 'text'")
+        if unknown := set(self.lora_targets) - set(LORA_TARGETS):
+            raise ValueError(f"unknown lora_targets {sorted(unknown)}; expected some of {LORA_TARGETS}")
+        if self.extra:
+            raise ValueError(
+                f"unknown options {sorted(self.extra)} for method {self.method!r}; "
+                f"known: {sorted(f.name for f in dataclasses.fields(self) if f.name != 'extra')}"
+            )
+
+    @classmethod
+    def from_options(cls, method: str = "msta", **options) -> PatchConfig:
+        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        known = {k: v for k, v in options.items() if k in names}
+        return cls(method=method, **known, extra={k: v for k, v in options.items() if k not in names})
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d.pop("extra")
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> PatchConfig:
+        return cls.from_options(**d)

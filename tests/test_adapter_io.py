@@ -1,0 +1,78 @@
+"""Adapters saved alone (safetensors + options) and loaded back, with clear errors on mismatch."""
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import msta_fast
+from msta_fast.adapters import read_adapters
+
+
+def patched(method="msta", **kw):
+    torch.manual_seed(0)
+    model = msta_fast.build_viclip("viclip-tiny").eval()
+    msta_fast.patch(model, method, **kw)
+    for p in msta_fast.adapter_parameters(model).values():
+        p.data.normal_(std=0.1)
+    return model
+
+
+@pytest.mark.parametrize("method", ["msta", "lora", "adaptformer", "full"])
+def test_save_load_round_trip_into_a_fresh_model(tmp_path, method):
+    model = patched(method, dim=8)
+    path = msta_fast.save_adapters(model, tmp_path / "adapter_model.safetensors")
+    config, tensors = read_adapters(path)
+    assert config.method == method and set(tensors) == set(msta_fast.adapter_parameters(model))
+    torch.manual_seed(0)
+    fresh = msta_fast.build_viclip("viclip-tiny").eval()  # the same backbone weights
+    msta_fast.load_adapters(fresh, path)  # patches with the saved options
+    x, texts = torch.randn(1, 8, 3, 32, 32), ["a b"]
+    with torch.no_grad():
+        torch.testing.assert_close(fresh.encode_video(x), model.encode_video(x), rtol=0, atol=0)
+        torch.testing.assert_close(fresh.encode_text(texts), model.encode_text(texts), rtol=0, atol=0)
+    assert msta_fast.trainable_parameters(fresh).trainable == msta_fast.trainable_parameters(model).trainable
+
+
+def test_adapter_file_is_small_compared_with_the_model(tmp_path):
+    model = patched(dim=16, start_layer=2)
+    path = msta_fast.save_adapters(model, tmp_path / "a.safetensors")
+    n_adapter = sum(p.numel() for p in msta_fast.adapter_parameters(model).values())
+    assert path.stat().st_size < 4 * n_adapter + 100_000  # fp32 weights plus a small header
+    assert n_adapter < 0.1 * sum(p.numel() for p in model.parameters())
+    assert not list(tmp_path.glob("*.tmp"))  # atomic write leaves nothing behind
+
+
+def test_shared_layer_is_saved_once(tmp_path):
+    model = patched(dim=8)
+    _, tensors = read_adapters(msta_fast.save_adapters(model, tmp_path / "a.safetensors"))
+    assert sum(k.startswith("msta_adapters.shared.") and k.endswith(".weight") for k in tensors) == 2
+
+
+def test_mismatched_options_are_listed(tmp_path):
+    path = msta_fast.save_adapters(patched(dim=8), tmp_path / "a.safetensors")
+    other = msta_fast.build_viclip("viclip-tiny")
+    msta_fast.patch(other, dim=16)
+    with pytest.raises(ValueError, match="'dim': \\(16, 8\\)"):
+        msta_fast.load_adapters(other, path)
+
+
+def test_missing_and_unexpected_keys_are_listed(tmp_path):
+    path = msta_fast.save_adapters(patched(dim=8), tmp_path / "a.safetensors")
+    tensors = load_file(path)
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    tensors.pop("msta_adapters.vision.0.down.bias")
+    tensors["msta_adapters.vision.9.down.bias"] = torch.zeros(8)
+    save_file(tensors, tmp_path / "b.safetensors", metadata=meta)
+    with pytest.raises(msta_fast.CheckpointMismatchError) as err:
+        msta_fast.load_adapters(msta_fast.build_viclip("viclip-tiny"), tmp_path / "b.safetensors")
+    assert err.value.missing == ["msta_adapters.vision.0.down.bias"]
+    assert err.value.unexpected == ["msta_adapters.vision.9.down.bias"]
+
+
+def test_foreign_file_is_refused(tmp_path):
+    save_file({"w": torch.zeros(2)}, tmp_path / "other.safetensors")
+    with pytest.raises(ValueError, match="not an msta_fast adapter file"):
+        msta_fast.load_adapters(msta_fast.build_viclip("viclip-tiny"), tmp_path / "other.safetensors")
