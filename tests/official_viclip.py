@@ -28,7 +28,13 @@ class ResidualAttentionBlock(nn.Module):
         self.attn = nn.MultiheadAttention(d_model, n_head)  # sequence-first
         self.ln_1 = norm(d_model)
         self.mlp = nn.Sequential(
-            OrderedDict([("c_fc", nn.Linear(d_model, d_model * 4)), ("gelu", QuickGELU()), ("c_proj", nn.Linear(d_model * 4, d_model))])
+            OrderedDict(
+                [
+                    ("c_fc", nn.Linear(d_model, d_model * 4)),
+                    ("gelu", QuickGELU()),
+                    ("c_proj", nn.Linear(d_model * 4, d_model)),
+                ]
+            )
         )
         self.ln_2 = norm(d_model)
         self.attn_mask = attn_mask
@@ -69,7 +75,9 @@ class VisionTransformer(nn.Module):
         x = self.conv1(x)
         B, C, T, H, W = x.shape
         x = x.permute(0, 2, 3, 4, 1).reshape(B * T, H * W, C)
-        x = torch.cat([self.class_embedding.to(x.dtype) + torch.zeros(x.shape[0], 1, x.shape[-1], dtype=x.dtype), x], dim=1)
+        x = torch.cat(
+            [self.class_embedding.to(x.dtype) + torch.zeros(x.shape[0], 1, x.shape[-1], dtype=x.dtype), x], dim=1
+        )
         x = x + self.positional_embedding.to(x.dtype)
         cls_tokens = x[:B, :1, :]
         x = x[:, 1:]
@@ -108,7 +116,12 @@ class OfficialViCLIP(nn.Module):
     def __init__(self, cfg):
         super().__init__()
         self.vision_encoder = VisionTransformer(
-            cfg.image_size, cfg.patch_size, cfg.vision_width, cfg.vision_layers, cfg.vision_heads, cfg.embed_dim,
+            cfg.image_size,
+            cfg.patch_size,
+            cfg.vision_width,
+            cfg.vision_layers,
+            cfg.vision_heads,
+            cfg.embed_dim,
             cfg.num_frames,
         )
         self.text_encoder = CLIPText(

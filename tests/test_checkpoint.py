@@ -44,7 +44,7 @@ def test_round_trip_every_accepted_format(tmp_path, model, form):
         save_file({k: v.contiguous() for k, v in sd.items()}, path)
     loaded = msta_fast.load_viclip(path).eval()
     assert loaded.config == model.config
-    for a, b in zip(_outputs(loaded), _outputs(model)):
+    for a, b in zip(_outputs(loaded), _outputs(model), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 

@@ -3,9 +3,9 @@
 import open_clip
 import pytest
 import torch
+from conftest import relative_error
 
 import msta_fast
-from conftest import relative_error
 from msta_fast.models.frame_clip import viclip_to_open_clip
 
 

@@ -60,7 +60,7 @@ def test_scale_zero_is_the_identity(method):
         p.data.normal_()  # zero-initialised parts (LoRA's B, AdaptFormer's up) made non-zero
     with torch.no_grad():
         after = model.encode_video(x), model.encode_text(texts)
-    for a, b in zip(after, before):
+    for a, b in zip(after, before, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
@@ -71,9 +71,9 @@ def test_nonzero_scale_changes_both_towers():
         before = model.encode_video(x), model.encode_text(texts)
         msta_fast.patch(model, scale=0.5)
         after = model.encode_video(x), model.encode_text(texts)
-        assert all((a - b).abs().max() > 1e-4 for a, b in zip(after, before))
+        assert all((a - b).abs().max() > 1e-4 for a, b in zip(after, before, strict=True))
         with msta_fast.disable_adapters(model):
-            for a, b in zip((model.encode_video(x), model.encode_text(texts)), before):
+            for a, b in zip((model.encode_video(x), model.encode_text(texts)), before, strict=True):
                 torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
@@ -110,8 +110,16 @@ def test_gradient_scaling_semantics():
     torch.manual_seed(3)
     C, r, T, H, W = 12, 8, 3, 2, 2
     x = torch.randn(2, 1 + H * W * T, C, requires_grad=True)
-    weights = [torch.randn(r, C), torch.randn(r), torch.randn(r, r), torch.randn(r), torch.randn(C, r),
-               torch.randn(C), torch.randn(C, 1, 3, 1, 1), torch.randn(C)]
+    weights = [
+        torch.randn(r, C),
+        torch.randn(r),
+        torch.randn(r, r),
+        torch.randn(r),
+        torch.randn(C, r),
+        torch.randn(C),
+        torch.randn(C, 1, 3, 1, 1),
+        torch.randn(C),
+    ]
     weights = [w.requires_grad_() for w in weights]
     s = 0.01
     grads = {}
@@ -119,7 +127,7 @@ def test_gradient_scaling_semantics():
         out = msta_adapter_ref(x, *weights, scale=s, grad_scale=grad_scale, grid=(T, H, W))
         grads[grad_scale] = torch.autograd.grad(out.sin().sum(), [x, *weights])
     torch.testing.assert_close(grads[True][0], grads[False][0])  # input: the true gradient
-    for a, b in zip(grads[True][1:], grads[False][1:]):
+    for a, b in zip(grads[True][1:], grads[False][1:], strict=True):
         torch.testing.assert_close(a, b / s)  # parameters: as if s were 1
 
 

@@ -2,10 +2,10 @@
 
 import pytest
 import torch
+from conftest import relative_error
 from official_viclip import OfficialViCLIP
 
 import msta_fast
-from conftest import relative_error
 from msta_fast.models import get_config
 from msta_fast.models.tokenizer import tokenize
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-METHODS = ("msta", "lora", "adaptformer", "full", "zero")
+METHODS = ("msta", "lora", "adaptformer", "full", "zero", "m2clip")
 
 # The published defaults of each method, used where an option is left as None:
 # MSTA: r=256, s=0.005 (paper Table 1, base-to-novel). LoRA: rank 128 on q, k, v, o of the video
@@ -17,6 +17,8 @@ METHOD_DEFAULTS = {
     "adaptformer": dict(dim=256, scale=0.1, towers=("vision", "text")),
     "full": dict(towers=("vision", "text")),
     "zero": dict(towers=()),
+    # M2-CLIP (method.md section 5): bottleneck Ca = 384 in the TED and text adapters; no scale.
+    "m2clip": dict(dim=384, scale=1.0, towers=("vision", "text"), text_layers=2),
 }
 LINEAR_INITS = ("kaiming", "xavier")
 CONV_INITS = ("zeros", "kaiming", "normal")
@@ -33,6 +35,12 @@ class PatchConfig:
     gradients as if the scale were 1), ``linear_init``, ``conv_init``, ``share`` (one shared layer
     per depth for both towers; False gives each tower its own, an ablation).
     LoRA: ``lora_targets`` among q, k, v, o. Raw open_clip models: ``num_frames`` per clip.
+    M2-CLIP (see ``msta_fast.adapters.m2clip``): ``pre_attn`` (the SSv2 variant: adapters before
+    attention too), ``text_layers`` (text adapters in the top ``text_layers`` blocks, default 2;
+    "all" for the SSv2 variant), ``num_classes`` (the visual classification head; None: no head),
+    ``head_dropout``, ``frame_adapter`` (the frame-level temporal adapter where per-frame
+    embeddings exist), ``zero_init_text`` (text adapters start at zero so the patched model starts
+    equal to the original; False: the released code's default initialisation).
     """
 
     method: str = "msta"
@@ -48,6 +56,12 @@ class PatchConfig:
     towers: tuple[str, ...] | None = None
     lora_targets: tuple[str, ...] = ("q", "k", "v", "o")
     num_frames: int | None = None
+    pre_attn: bool = False
+    text_layers: int | str | None = None
+    num_classes: int | None = None
+    head_dropout: float = 0.5
+    frame_adapter: bool = True
+    zero_init_text: bool = True
     extra: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
@@ -59,7 +73,7 @@ class PatchConfig:
         self.temporal_kernel = tuple(int(k) for k in self.temporal_kernel)
         self.towers = tuple(self.towers)
         self.lora_targets = tuple(self.lora_targets)
-        if self.method in ("msta", "lora", "adaptformer"):
+        if self.method in ("msta", "lora", "adaptformer", "m2clip"):
             if not isinstance(self.dim, int) or self.dim < 1:
                 raise ValueError(f"dim must be an integer >= 1, got {self.dim!r}")
         if not isinstance(self.start_layer, int) or self.start_layer < 1:
@@ -76,11 +90,21 @@ class PatchConfig:
             raise ValueError(f"unknown towers {sorted(unknown)}; expected 'vision' and/or 'text'")
         if unknown := set(self.lora_targets) - set(LORA_TARGETS):
             raise ValueError(f"unknown lora_targets {sorted(unknown)}; expected some of {LORA_TARGETS}")
+        if self.method == "m2clip":
+            self._check_m2clip()
         if self.extra:
             raise ValueError(
                 f"unknown options {sorted(self.extra)} for method {self.method!r}; "
                 f"known: {sorted(f.name for f in dataclasses.fields(self) if f.name != 'extra')}"
             )
+
+    def _check_m2clip(self) -> None:
+        if not (self.text_layers == "all" or (isinstance(self.text_layers, int) and self.text_layers >= 0)):
+            raise ValueError(f"text_layers must be an integer >= 0 or 'all', got {self.text_layers!r}")
+        if self.num_classes is not None and (not isinstance(self.num_classes, int) or self.num_classes < 1):
+            raise ValueError(f"num_classes must be an integer >= 1 or None, got {self.num_classes!r}")
+        if not 0.0 <= self.head_dropout < 1.0:
+            raise ValueError(f"head_dropout must be in [0, 1), got {self.head_dropout}")
 
     @classmethod
     def from_options(cls, method: str = "msta", **options) -> PatchConfig:

@@ -76,8 +76,11 @@ def load_adapters(model: nn.Module, path: str | os.PathLike) -> nn.Module:
         raise ValueError(f"{path}: saved with other patch options (model vs file): {diff}")
     params = adapter_parameters(model)
     missing, unexpected = sorted(set(params) - set(tensors)), sorted(set(tensors) - set(params))
-    shapes = [f"{k}: file {tuple(tensors[k].shape)} vs model {tuple(p.shape)}" for k, p in params.items()
-              if k in tensors and tensors[k].shape != _full(p).shape]
+    shapes = [
+        f"{k}: file {tuple(tensors[k].shape)} vs model {tuple(p.shape)}"
+        for k, p in params.items()
+        if k in tensors and tensors[k].shape != _full(p).shape
+    ]
     if missing or unexpected or shapes:
         raise CheckpointMismatchError(str(path), missing, unexpected, shapes)
     with torch.no_grad():

@@ -2,7 +2,8 @@
 
 Adapters attach with forward hooks (MSTA, AdaptFormer) or weight parametrizations (LoRA), so the
 backbone keeps its module tree and parameter names: its checkpoints still load, and the new
-parameters are the only ones that differ. What was done is recorded on the model
+parameters are the only ones that differ. The hooks are prepended, so that they run while a
+wrapper's own post-forward hooks (FSDP2 resharding a block) have not yet run. What was done is recorded on the model
 (``model.msta_fast_patch``) for ``unpatch``, ``save_adapters`` and ``disable_adapters``.
 """
 
@@ -11,13 +12,13 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass, field
 
-
 from torch import nn
 from torch.nn.utils import parametrize
 
 from msta_fast.adapters.adaptformer import AdaptFormerAdapter, AdaptFormerAdapters, mlp_hook
 from msta_fast.adapters.config import PatchConfig
 from msta_fast.adapters.lora import lora_parametrizations
+from msta_fast.adapters.m2clip import attach_m2clip, build_m2clip
 from msta_fast.adapters.msta import adapted_blocks, build_msta, grid_pre_hook, msta_block_hook
 from msta_fast.adapters.towers import VideoGrid, find_towers
 
@@ -55,7 +56,9 @@ def patch(
     ``FrameCLIP`` and open_clip CLIP models.
     """
     if get_patch_state(model) is not None:
-        raise RuntimeError(f"the model is already patched with {get_patch_state(model).config.method!r}; unpatch it first")
+        raise RuntimeError(
+            f"the model is already patched with {get_patch_state(model).config.method!r}; unpatch it first"
+        )
     cfg = PatchConfig.from_options(method, dim=dim, start_layer=start_layer, scale=scale, **options)
     vision, text = find_towers(model)
     state = PatchState(cfg, requires_grad={n: p.requires_grad for n, p in model.named_parameters()})
@@ -69,14 +72,16 @@ def patch(
         _attach(model, "msta_adapters", adapters, state)
         for i, adapter in adapters.vision.items():
             hook = msta_block_hook(adapter, vision, state.grid, enabled)
-            state.handles.append(vision.blocks[int(i)].register_forward_hook(hook, with_kwargs=True))
+            state.handles.append(vision.blocks[int(i)].register_forward_hook(hook, with_kwargs=True, prepend=True))
         for i, adapter in adapters.text.items():
             hook = msta_block_hook(adapter, text, None, enabled)
-            state.handles.append(text.blocks[int(i)].register_forward_hook(hook, with_kwargs=True))
+            state.handles.append(text.blocks[int(i)].register_forward_hook(hook, with_kwargs=True, prepend=True))
         if adapters.vision:
             frames = lambda: getattr(model, "frames_per_clip", None) or cfg.num_frames or 1  # noqa: E731
             state.handles.append(
-                vision.grid_module.register_forward_pre_hook(grid_pre_hook(state.grid, vision, frames), with_kwargs=True)
+                vision.grid_module.register_forward_pre_hook(
+                    grid_pre_hook(state.grid, vision, frames), with_kwargs=True
+                )
             )
     elif cfg.method == "adaptformer":
         adapters = AdaptFormerAdapters()
@@ -85,8 +90,14 @@ def patch(
                 for i in adapted_blocks(tower, cfg.start_layer):
                     adapter = AdaptFormerAdapter(tower.width, cfg.dim, cfg.scale, cfg.dropout).to(device, dtype)
                     getattr(adapters, tower.name)[str(i)] = adapter
-                    state.handles.append(tower.blocks[i].mlp.register_forward_hook(mlp_hook(adapter, enabled)))
+                    state.handles.append(
+                        tower.blocks[i].mlp.register_forward_hook(mlp_hook(adapter, enabled), prepend=True)
+                    )
         _attach(model, "adaptformer_adapters", adapters, state)
+    elif cfg.method == "m2clip":
+        adapters = build_m2clip(vision, text, cfg).to(device=device, dtype=dtype)
+        _attach(model, "m2clip_adapters", adapters, state)
+        state.handles += attach_m2clip(model, adapters, vision, text, cfg, state.grid, enabled)
     elif cfg.method == "lora":
         for tower in (vision, text):
             if tower.name in cfg.towers:
@@ -213,5 +224,3 @@ __all__ = [
     "trainable_parameters",
     "unpatch",
 ]
-
-

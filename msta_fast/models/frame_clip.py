@@ -102,12 +102,18 @@ def clip_from_state_dict(sd: dict[str, torch.Tensor], source: str = "state dict"
         grid = math.isqrt(sd["visual.positional_embedding"].shape[0] - 1)
         text_width = sd["ln_final.weight"].shape[0]
         vision_cfg = CLIPVisionCfg(
-            layers=_count_blocks(sd, "visual.transformer.resblocks."), width=vision_width,
-            patch_size=patch, image_size=patch * grid, head_width=64,
+            layers=_count_blocks(sd, "visual.transformer.resblocks."),
+            width=vision_width,
+            patch_size=patch,
+            image_size=patch * grid,
+            head_width=64,
         )
         text_cfg = CLIPTextCfg(
-            context_length=sd["positional_embedding"].shape[0], vocab_size=sd["token_embedding.weight"].shape[0],
-            width=text_width, heads=text_width // 64, layers=_count_blocks(sd, "transformer.resblocks."),
+            context_length=sd["positional_embedding"].shape[0],
+            vocab_size=sd["token_embedding.weight"].shape[0],
+            width=text_width,
+            heads=text_width // 64,
+            layers=_count_blocks(sd, "transformer.resblocks."),
         )
         embed_dim = sd["text_projection"].shape[1]
     except KeyError as e:

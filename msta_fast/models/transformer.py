@@ -33,7 +33,9 @@ class ResidualAttentionBlock(nn.Module):
         self.ln_2 = norm_layer(width)
         hidden = int(width * mlp_ratio)
         self.mlp = nn.Sequential(
-            OrderedDict([("c_fc", nn.Linear(width, hidden)), ("gelu", QuickGELU()), ("c_proj", nn.Linear(hidden, width))])
+            OrderedDict(
+                [("c_fc", nn.Linear(width, hidden)), ("gelu", QuickGELU()), ("c_proj", nn.Linear(hidden, width))]
+            )
         )
 
     def attention(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -49,7 +51,9 @@ class Transformer(nn.Module):
     def __init__(self, width: int, layers: int, heads: int, norm_layer=nn.LayerNorm):
         super().__init__()
         self.width, self.layers, self.heads = width, layers, heads
-        self.resblocks = nn.ModuleList(ResidualAttentionBlock(width, heads, norm_layer=norm_layer) for _ in range(layers))
+        self.resblocks = nn.ModuleList(
+            ResidualAttentionBlock(width, heads, norm_layer=norm_layer) for _ in range(layers)
+        )
         self.grad_checkpointing = False
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
