@@ -4,6 +4,6 @@
 :func:`msta_fast.adapters.functional.msta_adapter_ref`; the backend decides who computes it.
 """
 
-from msta_fast.ops.dispatch import get_backend, msta_adapter, set_backend
+from msta_fast.ops.dispatch import BACKENDS, get_backend, msta_adapter, resolve_backend, set_backend
 
-__all__ = ["get_backend", "msta_adapter", "set_backend"]
+__all__ = ["BACKENDS", "get_backend", "msta_adapter", "resolve_backend", "set_backend"]

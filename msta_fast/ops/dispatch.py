@@ -1,21 +1,41 @@
-"""Backend selection for the MSTA adapter op.
+"""Backend selection for the MSTA adapter op: the one place where the adapter modules reach the fast ops.
 
-``MSTA_FAST_BACKEND`` (or :func:`set_backend`) picks ``auto`` (default), ``triton``, ``ext`` or
-``torch``. Only ``torch`` exists so far; the fused backends register here.
+``MSTA_FAST_BACKEND`` (or :func:`set_backend`) picks:
+
+- ``torch``: the plain PyTorch reference (:func:`msta_fast.adapters.functional.msta_adapter_ref`);
+- ``triton``: the fused Triton kernels (CUDA tensors; CPU tensors under ``TRITON_INTERPRET=1``,
+  which is set automatically on a machine without a GPU);
+- ``ext``: the C++/CUDA extension (built on first use, about 40 s on the CPU, then cached);
+- ``auto`` (default): Triton for CUDA tensors; otherwise the extension **if it is already built or
+  ``MSTA_FAST_BUILD_EXT=1``** (so that ``auto`` never starts a surprise compile); otherwise the
+  reference. Each fallback is logged once with its reason; a Triton failure at run time (a kernel
+that does not compile on this GPU, say) makes ``auto`` fall back for the rest of the process.
+
+Calls the fast paths do not cover go to the reference under every backend but ``triton``/``ext``
+asked for explicitly, which raise instead: a caller-provided ``dropout_mask`` (a testing hook),
+an adapter dim above 256 (Triton). Under autocast, the inputs are cast to the autocast dtype first,
+as ``F.linear`` would do.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+
+import torch
 
 from msta_fast.adapters.functional import msta_adapter_ref
 
 BACKENDS = ("auto", "triton", "ext", "torch")
 _backend: str | None = None
+_logged: set[str] = set()
+_triton_failure: str | None = None  # set when the Triton kernels failed once under auto
+logger = logging.getLogger(__name__)
 
 
-def set_backend(name: str) -> None:
-    if name not in BACKENDS:
+def set_backend(name: str | None) -> None:
+    """Choose the backend for this process; ``None`` goes back to ``MSTA_FAST_BACKEND`` (default ``auto``)."""
+    if name is not None and name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}; expected one of {BACKENDS}")
     global _backend
     _backend = name
@@ -28,5 +48,118 @@ def get_backend() -> str:
     return name
 
 
-def msta_adapter(x, *weights, **options):
-    return msta_adapter_ref(x, *weights, **options)
+def _log_once(key: str, message: str) -> None:
+    if key not in _logged:
+        _logged.add(key)
+        logger.warning(message)
+
+
+def _triton_problem(x: torch.Tensor, down_w: torch.Tensor) -> str | None:
+    """Why the Triton kernels cannot run this call, or None."""
+    if _triton_failure is not None:
+        return f"they failed earlier in this process ({_triton_failure})"
+    try:
+        from msta_fast.kernels.runtime import INTERPRET, triton
+    except Exception as err:  # noqa: BLE001 - any import failure (broken install) means "not available"
+        return f"Triton is not importable ({type(err).__name__}: {err})"
+    if triton is None:
+        return "Triton is not installed"
+    if x.is_cuda and INTERPRET:
+        return "TRITON_INTERPRET=1 is set but the tensors are on CUDA"
+    if not x.is_cuda and not INTERPRET:
+        return "the tensors are on the CPU and TRITON_INTERPRET is not set"
+    if x.is_cuda and torch.cuda.get_device_capability(x.device) < (8, 0):
+        return f"the GPU (compute capability {torch.cuda.get_device_capability(x.device)}) is older than sm_80"
+    if down_w.shape[0] > 256:
+        return f"adapter dim {down_w.shape[0]} > 256"
+    return None
+
+
+def _ext_problem(x: torch.Tensor, explicit: bool) -> str | None:
+    """Why the extension cannot run this call, or None. ``auto`` does not build it unless asked to."""
+    from msta_fast.ops import extension
+
+    if x.is_cuda and not extension.want_cuda():
+        return "the extension would be built without CUDA (no CUDA toolkit found)"
+    if not explicit and not extension.is_loaded() and not extension.is_built():
+        if os.environ.get("MSTA_FAST_BUILD_EXT", "0") in ("0", "", "false"):
+            return ("the extension is not built (set MSTA_FAST_BUILD_EXT=1 or run "
+                    "`python -m msta_fast.ops.extension` to build it once)")
+    return None
+
+
+def resolve_backend(x: torch.Tensor, down_w: torch.Tensor, *, has_mask: bool = False) -> str:
+    """The backend that :func:`msta_adapter` uses for these inputs (``triton``, ``ext`` or ``torch``)."""
+    name = get_backend()
+    if name == "torch":
+        return "torch"
+    if has_mask:
+        if name != "auto":
+            raise ValueError(f"dropout_mask is a hook of the reference; backend {name!r} draws its own mask")
+        return "torch"
+    if name == "triton":
+        problem = _triton_problem(x, down_w)
+        if problem:
+            raise RuntimeError(f"MSTA_FAST_BACKEND=triton cannot run: {problem}")
+        return "triton"
+    if name == "ext":
+        problem = _ext_problem(x, explicit=True)
+        if problem:
+            raise RuntimeError(f"MSTA_FAST_BACKEND=ext cannot run: {problem}")
+        return "ext"
+    if x.is_cuda:
+        problem = _triton_problem(x, down_w)
+        if problem is None:
+            return "triton"
+        _log_once("triton", f"msta_fast: Triton kernels not used ({problem}); trying the C++/CUDA extension")
+    problem = _ext_problem(x, explicit=False)
+    if problem is None:
+        return "ext"
+    _log_once(f"ext-{x.device.type}", f"msta_fast: C++ extension not used ({problem}); using the PyTorch reference")
+    return "torch"
+
+
+def _autocast_cast(tensors: list, device_type: str) -> list:
+    """Cast floating tensors to the autocast dtype (what F.linear would see), keeping None."""
+    if not torch.is_autocast_enabled(device_type):
+        return tensors
+    dtype = torch.get_autocast_dtype(device_type)
+    return [t.to(dtype) if t is not None and t.is_floating_point() else t for t in tensors]
+
+
+def _fast_op(backend: str):
+    if backend == "triton":
+        from msta_fast.kernels.msta_chain import msta_adapter_triton
+
+        return msta_adapter_triton
+    from msta_fast.ops.ext_op import msta_adapter_ext
+
+    return msta_adapter_ext
+
+
+def msta_adapter(x, down_w, down_b, shared_w, shared_b, up_w, up_b, conv_w=None, conv_b=None, **options):
+    """``residual + s * A(x)``: signature and semantics of :func:`msta_fast.adapters.functional.msta_adapter_ref`."""
+    backend = resolve_backend(x, down_w, has_mask=options.get("dropout_mask") is not None)
+    if backend == "torch":
+        return msta_adapter_ref(x, down_w, down_b, shared_w, shared_b, up_w, up_b, conv_w, conv_b, **options)
+    options.pop("dropout_mask", None)
+    tensors = _autocast_cast([x, down_w, down_b, shared_w, shared_b, up_w, up_b, conv_w, conv_b], x.device.type)
+    residual = options.pop("residual", None)
+    # The fused ops take every tensor in one dtype; a residual in another dtype (fp32 stream under
+    # autocast) is added outside, as the reference's type promotion would.
+    fuse_residual = residual is not None and residual.dtype == tensors[0].dtype
+    with torch.autocast(x.device.type, enabled=False):
+        try:
+            out = _fast_op(backend)(*tensors, residual=residual if fuse_residual else None, **options)
+        except (RuntimeError, ImportError) as err:
+            # auto only: a Triton compile failure (unsupported GPU, old driver) falls back for good.
+            if backend != "triton" or get_backend() != "auto":
+                raise
+            global _triton_failure
+            _triton_failure = f"{type(err).__name__}: {str(err)[:300]}"
+            _log_once("triton-failed", f"msta_fast: Triton kernels failed ({_triton_failure}); falling back")
+            return msta_adapter(x, down_w, down_b, shared_w, shared_b, up_w, up_b, conv_w, conv_b,
+                                residual=residual, **options)
+    if residual is not None and not fuse_residual:
+        out = residual + out
+    return out

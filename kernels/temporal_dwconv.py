@@ -1,0 +1,268 @@
+"""Up-projection with the temporal depthwise 3-D convolution fused in its epilogue, in token layout.
+
+Math (per row tile of tokens and column tile of the width C), for the hidden activation ``h``
+(M, r) of the adapter chain, ``M = B * L`` flattened tokens:
+
+    u    = h @ Wu^T + bu                                             (M, C)
+    A[p] = u[p] + sum_k w[:, k] * u[nb(p, k)] + b_conv              patch token p
+    A[p] = u[p]                                                       class token p
+    out  = residual + s * A
+
+``nb(p, k)`` is the token of ``p``'s grid neighbour at offset k = (dt, dh, dw) of the (kT, kH, kW)
+kernel ("same" zero padding: a neighbour outside the grid contributes nothing). The neighbour is
+found by index arithmetic, never by a permuted copy:
+
+- ``"viclip"`` (LAYOUT 0): row ``b*L + cls + n*T + t``, n = hh*W + ww; offsets dt, dh, dw move by
+  1, W*T and T rows.
+- ``"frames"`` (LAYOUT 1): row ``(clip*T + t)*L + cls + hh*W + ww``; offsets move by L, W and 1 rows.
+
+Design limits: the kernel recomputes ``u`` of each neighbour from ``h`` (one small GEMM of K = r
+per tap) instead of exchanging rows between register tiles, which Triton cannot do; r <= 256 so
+``h`` rows are cheap to reload, and a (3,1,1) kernel costs 3x the up-projection's FLOPs while the
+(M, C) tensor ``u`` is never written to memory. The backward kernel gives
+``du = gA + conv^T(gA)`` and the convolution's weight and bias gradients (atomically reduced over
+row tiles).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from msta_fast.kernels.runtime import dot_precision, maybe_autotune, next_pow2, small_tiles_when
+
+LAYOUT_CODES = {"viclip": 0, "frames": 1}
+
+# GPU search space (not yet measured on a GPU: a plausible H100 set; BLOCK_N x BLOCK_R tiles of Wu stay on chip).
+_CONFIGS = [
+    triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
+    for bm in (32, 64)
+    for bn in (64, 128)
+    for w, s in ((4, 2), (8, 3))
+]
+_PRUNE = {"early_config_prune": small_tiles_when(
+    lambda a: a["h_ptr"].element_size() == 4 or a["KT"] * a["KH"] * a["KW"] > 3, {"BLOCK_M": 32, "BLOCK_N": 64}
+)}
+# Interpreter blocks: large (fewer Python-level programs), still not a divisor of the test shapes.
+_INTERPRET_BLOCKS = {"BLOCK_M": 32, "BLOCK_N": 64}
+
+
+@triton.jit
+def _token_coords(rows, L, T, W, HAS_CLS: tl.constexpr, LAYOUT: tl.constexpr):
+    """Grid coordinates (t, hh, ww) of token rows and whether each row is a patch token."""
+    j = rows % L
+    is_patch = j >= HAS_CLS
+    p = tl.where(is_patch, j - HAS_CLS, 0)
+    if LAYOUT == 0:
+        t = p % T
+        n = p // T
+    else:
+        t = (rows // L) % T
+        n = p
+    return t, n // W, n % W, is_patch
+
+
+@triton.jit
+def _neighbour(rows, t, hh, ww, is_patch, ST, SH, SW, T, H, W, ot, oh, ow):
+    """Row of the grid neighbour at offset (ot, oh, ow) and whether it exists."""
+    tn = t + ot
+    hn = hh + oh
+    wn = ww + ow
+    valid = is_patch & (tn >= 0) & (tn < T) & (hn >= 0) & (hn < H) & (wn >= 0) & (wn < W)
+    nrows = rows + ot * ST + oh * SH + ow * SW
+    return tl.where(valid, nrows, 0), valid
+
+
+@triton.jit
+def _up_rows(h_ptr, nrows, valid, rr, R, wut, bu, PRECISION: tl.constexpr, HAS_BU: tl.constexpr):
+    """u[nrows] = h[nrows] @ Wu^T (+ bu) for the valid rows, 0 elsewhere: (BLOCK_M, BLOCK_N) fp32."""
+    hn = tl.load(h_ptr + nrows[:, None] * R + rr[None, :], mask=valid[:, None] & (rr < R)[None, :], other=0.0)
+    un = tl.dot(hn, wut, input_precision=PRECISION)
+    if HAS_BU:
+        un += tl.where(valid[:, None], bu[None, :], 0.0)
+    return un
+
+
+@maybe_autotune(_CONFIGS, key=["C", "R", "KT", "KH", "KW"], prune_configs_by=_PRUNE)
+@triton.jit
+def _up_tconv_fwd_kernel(
+    h_ptr, wu_ptr, bu_ptr, cw_ptr, cb_ptr, res_ptr, out_ptr,
+    M, C, R, L, T, H, W, ST, SH, SW, scale,
+    HAS_BU: tl.constexpr, HAS_CONV: tl.constexpr, HAS_CB: tl.constexpr, HAS_RES: tl.constexpr,
+    HAS_CLS: tl.constexpr, LAYOUT: tl.constexpr, KT: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
+    PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rr = tl.arange(0, BLOCK_R)
+    row_ok = rows < M
+    col_ok = cols < C
+    rows = tl.where(row_ok, rows, 0)
+    # Wu^T tile (BLOCK_R, BLOCK_N): up_w is (C, R) row-major.
+    wut = tl.load(wu_ptr + cols[None, :] * R + rr[:, None], mask=(rr < R)[:, None] & col_ok[None, :], other=0.0)
+    bu = tl.zeros((BLOCK_N,), tl.float32)
+    if HAS_BU:
+        bu = tl.load(bu_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+    # u of the tile's own rows: A = u (+ the temporal path below).
+    u = _up_rows(h_ptr, rows, row_ok, rr, R, wut, bu, PRECISION, HAS_BU)
+    acc = u
+    if HAS_CONV:
+        t, hh, ww, is_patch = _token_coords(rows, L, T, W, HAS_CLS, LAYOUT)
+        is_patch = is_patch & row_ok
+        conv = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+        for kt in tl.static_range(KT):
+            for kh in tl.static_range(KH):
+                for kw in tl.static_range(KW):
+                    tap = (kt * KH + kh) * KW + kw
+                    wtap = tl.load(cw_ptr + cols * (KT * KH * KW) + tap, mask=col_ok, other=0.0).to(tl.float32)
+                    if (kt == KT // 2) and (kh == KH // 2) and (kw == KW // 2):
+                        un = u
+                    else:
+                        nrows, valid = _neighbour(rows, t, hh, ww, is_patch, ST, SH, SW, T, H, W,
+                                                  kt - KT // 2, kh - KH // 2, kw - KW // 2)
+                        un = _up_rows(h_ptr, nrows, valid, rr, R, wut, bu, PRECISION, HAS_BU)
+                    conv += un * wtap[None, :]
+        if HAS_CB:
+            conv += tl.load(cb_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+        acc += tl.where(is_patch[:, None], conv, 0.0)
+    # out = residual + s * A, accumulated in fp32 and written once.
+    acc = acc * scale
+    offs = rows[:, None] * C + cols[None, :]
+    mask = row_ok[:, None] & col_ok[None, :]
+    if HAS_RES:
+        acc += tl.load(res_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@maybe_autotune(
+    _CONFIGS, key=["C", "R", "KT", "KH", "KW"], reset_to_zero=["dcw_ptr", "dcb_ptr"], prune_configs_by=_PRUNE
+)
+@triton.jit
+def _up_tconv_bwd_kernel(
+    g_ptr, h_ptr, wu_ptr, bu_ptr, cw_ptr, du_ptr, dcw_ptr, dcb_ptr,
+    M, C, R, L, T, H, W, ST, SH, SW, gscale,
+    HAS_BU: tl.constexpr, HAS_CB: tl.constexpr,
+    HAS_CLS: tl.constexpr, LAYOUT: tl.constexpr, KT: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
+    PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
+):
+    """du = gA + conv^T(gA) (patch rows), dconv_w[c, k] += sum_p gA[p, c] u[nb(p, k), c], dconv_b += sum_p gA."""
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rr = tl.arange(0, BLOCK_R)
+    row_ok = rows < M
+    col_ok = cols < C
+    rows = tl.where(row_ok, rows, 0)
+    mask = row_ok[:, None] & col_ok[None, :]
+    wut = tl.load(wu_ptr + cols[None, :] * R + rr[:, None], mask=(rr < R)[:, None] & col_ok[None, :], other=0.0)
+    bu = tl.zeros((BLOCK_N,), tl.float32)
+    if HAS_BU:
+        bu = tl.load(bu_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+    # gA = dL/dA (the output gradient times s unless gradient scaling hides s from the parameters).
+    ga = tl.load(g_ptr + rows[:, None] * C + cols[None, :], mask=mask, other=0.0).to(tl.float32) * gscale
+    t, hh, ww, is_patch = _token_coords(rows, L, T, W, HAS_CLS, LAYOUT)
+    is_patch = is_patch & row_ok
+    ga_patch = tl.where(is_patch[:, None], ga, 0.0)
+    du = ga
+    for kt in tl.static_range(KT):
+        for kh in tl.static_range(KH):
+            for kw in tl.static_range(KW):
+                tap = (kt * KH + kh) * KW + kw
+                ot = kt - KT // 2
+                oh = kh - KH // 2
+                ow = kw - KW // 2
+                wtap = tl.load(cw_ptr + cols * (KT * KH * KW) + tap, mask=col_ok, other=0.0).to(tl.float32)
+                # Transposed convolution: token q receives w[k] * gA[p] from p = nb(q, -k).
+                srows, svalid = _neighbour(rows, t, hh, ww, is_patch, ST, SH, SW, T, H, W, -ot, -oh, -ow)
+                gs = tl.load(g_ptr + srows[:, None] * C + cols[None, :], mask=svalid[:, None] & col_ok[None, :],
+                             other=0.0).to(tl.float32) * gscale
+                du += gs * wtap[None, :]
+                # Weight gradient: needs u at the forward neighbour nb(p, k), recomputed from h.
+                nrows, nvalid = _neighbour(rows, t, hh, ww, is_patch, ST, SH, SW, T, H, W, ot, oh, ow)
+                un = _up_rows(h_ptr, nrows, nvalid, rr, R, wut, bu, PRECISION, HAS_BU)
+                tl.atomic_add(dcw_ptr + tap * C + cols, tl.sum(ga_patch * un, axis=0), mask=col_ok)
+    if HAS_CB:
+        tl.atomic_add(dcb_ptr + cols, tl.sum(ga_patch, axis=0), mask=col_ok)
+    tl.store(du_ptr + rows[:, None] * C + cols[None, :], du.to(du_ptr.dtype.element_ty), mask=mask)
+
+
+def row_strides(tokens: int, grid: tuple[int, int, int], layout: str) -> tuple[int, int, int]:
+    """Rows between grid neighbours along t, h, w: (1, W*T, T) for "viclip", (L, W, 1) for "frames"."""
+    T, _, W = grid
+    return (1, W * T, T) if layout == "viclip" else (tokens, W, 1)
+
+
+def _launch_meta(kernel) -> dict:
+    """Explicit blocks in the interpreter, autotuned ones on a GPU; the grid reads whichever applies."""
+    return {} if isinstance(kernel, triton.runtime.Autotuner) else dict(_INTERPRET_BLOCKS)
+
+
+def up_tconv_fwd(
+    h: torch.Tensor,
+    up_w: torch.Tensor,
+    up_b: torch.Tensor | None,
+    conv_w: torch.Tensor | None,
+    conv_b: torch.Tensor | None,
+    residual: torch.Tensor | None,
+    scale: float,
+    tokens: int,
+    grid: tuple[int, int, int],
+    layout: str,
+    has_cls: bool,
+) -> torch.Tensor:
+    """out = residual + s * (u + TConv(u)), u = h @ Wu^T + bu. h: (M, r); residual: (M, C) or None -> (M, C)."""
+    M, R = h.shape
+    C = up_w.shape[0]
+    T, H, W = grid
+    kt, kh, kw = conv_w.shape[2:] if conv_w is not None else (1, 1, 1)
+    out = torch.empty(M, C, device=h.device, dtype=h.dtype if residual is None else residual.dtype)
+    dummy = h
+    meta = _launch_meta(_up_tconv_fwd_kernel)
+    launch_grid = lambda m: (triton.cdiv(M, m["BLOCK_M"]), triton.cdiv(C, m["BLOCK_N"]))  # noqa: E731
+    _up_tconv_fwd_kernel[launch_grid](
+        h, up_w, up_b if up_b is not None else dummy, conv_w if conv_w is not None else dummy,
+        conv_b if conv_b is not None else dummy, residual if residual is not None else dummy, out,
+        M, C, R, tokens, T, H, W, *row_strides(tokens, grid, layout), float(scale),
+        HAS_BU=up_b is not None, HAS_CONV=conv_w is not None, HAS_CB=conv_b is not None,
+        HAS_RES=residual is not None, HAS_CLS=int(has_cls), LAYOUT=LAYOUT_CODES[layout], KT=kt, KH=kh, KW=kw,
+        PRECISION=dot_precision(h.dtype), BLOCK_R=next_pow2(R), **meta,
+    )
+    return out
+
+
+def up_tconv_bwd(
+    grad: torch.Tensor,
+    h: torch.Tensor,
+    up_w: torch.Tensor,
+    up_b: torch.Tensor | None,
+    conv_w: torch.Tensor,
+    conv_b: torch.Tensor | None,
+    gscale: float,
+    tokens: int,
+    grid: tuple[int, int, int],
+    layout: str,
+    has_cls: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Gradients through the temporal path: (du (M, C), d conv_w (shape of conv_w), d conv_b (C,) or None)."""
+    M, R = h.shape
+    C = up_w.shape[0]
+    T, H, W = grid
+    kt, kh, kw = conv_w.shape[2:]
+    du = torch.empty(M, C, device=h.device, dtype=h.dtype)
+    dcw = torch.zeros(kt * kh * kw, C, device=h.device, dtype=torch.float32)
+    dcb = torch.zeros(C, device=h.device, dtype=torch.float32)
+    meta = _launch_meta(_up_tconv_bwd_kernel)
+    launch_grid = lambda m: (triton.cdiv(M, m["BLOCK_M"]), triton.cdiv(C, m["BLOCK_N"]))  # noqa: E731
+    _up_tconv_bwd_kernel[launch_grid](
+        grad, h, up_w, up_b if up_b is not None else h, conv_w, du, dcw, dcb,
+        M, C, R, tokens, T, H, W, *row_strides(tokens, grid, layout), float(gscale),
+        HAS_BU=up_b is not None, HAS_CB=conv_b is not None, HAS_CLS=int(has_cls), LAYOUT=LAYOUT_CODES[layout],
+        KT=kt, KH=kh, KW=kw, PRECISION=dot_precision(h.dtype), BLOCK_R=next_pow2(R), **meta,
+    )
+    d_conv_w = dcw.t().reshape(conv_w.shape).to(conv_w.dtype)
+    d_conv_b = dcb.to(conv_b.dtype) if conv_b is not None else None
+    return du, d_conv_w, d_conv_b

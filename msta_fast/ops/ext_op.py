@@ -1,0 +1,123 @@
+"""The C++/CUDA extension's MSTA adapter op (``torch.ops.msta_fast_ext``) as a differentiable function.
+
+The C++ side (``csrc/msta_adapter.cpp``) defines ``adapter_fwd`` / ``adapter_bwd`` with
+``TORCH_LIBRARY``; this module registers their fake (meta) implementations, for
+``torch.compile``, and the autograd formula, once the library is loaded. Dropout: the keep mask
+is drawn in Python from a seeded generator (:func:`ext_dropout_keep`), so the same seed gives the
+same mask here and in the reference.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import torch
+
+from msta_fast.ops import extension
+
+LAYOUT_CODES = {"viclip": 0, "frames": 1}
+_registered = False
+_lock = threading.Lock()
+
+
+def _register() -> None:
+    """Load the library (building it if needed) and register fake kernels and autograd, once."""
+    global _registered
+    with _lock:
+        if _registered:
+            return
+        extension.load()
+
+        @torch.library.register_fake("msta_fast_ext::adapter_fwd")
+        def _(x, down_w, down_b, shared_w, shared_b, up_w, up_b, conv_w, conv_b, residual, keep, scale, dropout_p,
+              grid, layout, has_cls, tokens, grad_scale):
+            r = down_w.shape[0]
+            out_dtype = x.dtype if residual is None else residual.dtype
+            return x.new_empty(x.shape, dtype=out_dtype), x.new_empty(x.shape[0], r), x.new_empty(x.shape[0], r)
+
+        @torch.library.register_fake("msta_fast_ext::adapter_bwd")
+        def _(grad, x, z1, h, down_w, has_down_b, shared_w, has_shared_b, up_w, up_b, conv_w, has_conv_b, scale,
+              grad_scale, dropout_p, grid, layout, has_cls, tokens):
+            r = down_w.shape[0]
+            c = x.shape[1]
+
+            def maybe(present: bool, *shape: int) -> torch.Tensor:
+                return x.new_empty(shape) if present else x.new_empty(0)
+
+            return [
+                torch.empty_like(x), torch.empty_like(down_w), maybe(has_down_b, r), torch.empty_like(shared_w),
+                maybe(has_shared_b, r), torch.empty_like(up_w), maybe(up_b is not None, c),
+                torch.empty_like(conv_w) if conv_w is not None else x.new_empty(0),
+                maybe(has_conv_b and conv_w is not None, c),
+            ]
+
+        def setup_context(ctx, inputs, output):
+            (x, down_w, down_b, shared_w, shared_b, up_w, up_b, conv_w, conv_b, residual, keep, scale, dropout_p,
+             grid, layout, has_cls, tokens, grad_scale) = inputs
+            _, z1, h = output
+            ctx.save_for_backward(x, z1, h, down_w, shared_w, up_w, up_b, conv_w)
+            ctx.flags = (down_b is not None, shared_b is not None, conv_b is not None, residual is not None)
+            ctx.options = (scale, grad_scale, dropout_p if keep is not None else 0.0, grid, layout, has_cls, tokens)
+
+        def backward(ctx, grad_out, grad_z1, grad_h):
+            x, z1, h, down_w, shared_w, up_w, up_b, conv_w = ctx.saved_tensors
+            has_down_b, has_shared_b, has_conv_b, has_residual = ctx.flags
+            scale, grad_scale, dropout_p, grid, layout, has_cls, tokens = ctx.options
+            grads = torch.ops.msta_fast_ext.adapter_bwd(
+                grad_out.contiguous(), x, z1, h, down_w, has_down_b, shared_w, has_shared_b, up_w, up_b, conv_w,
+                has_conv_b, scale, grad_scale, dropout_p, grid, layout, has_cls, tokens,
+            )
+            present = (True, True, has_down_b, True, has_shared_b, True, up_b is not None, conv_w is not None,
+                       has_conv_b and conv_w is not None)
+            grads = [g if p else None for g, p in zip(grads, present, strict=True)]
+            return (*grads, grad_out if has_residual else None, None, None, None, None, None, None, None, None)
+
+        torch.library.register_autograd("msta_fast_ext::adapter_fwd", backward, setup_context=setup_context)
+        _registered = True
+
+
+def ext_dropout_keep(seed: int, rows: int, dim: int, dropout_p: float, device: torch.device | str) -> torch.Tensor:
+    """The boolean keep mask (rows, dim) that :func:`msta_adapter_ext` draws for ``seed``."""
+    gen = torch.Generator(device=device).manual_seed(int(seed))
+    return torch.rand(rows, dim, generator=gen, device=device) >= dropout_p
+
+
+def msta_adapter_ext(
+    x: torch.Tensor,
+    down_w: torch.Tensor,
+    down_b: torch.Tensor | None,
+    shared_w: torch.Tensor,
+    shared_b: torch.Tensor | None,
+    up_w: torch.Tensor,
+    up_b: torch.Tensor | None,
+    conv_w: torch.Tensor | None = None,
+    conv_b: torch.Tensor | None = None,
+    *,
+    scale: float = 1.0,
+    grad_scale: bool = True,
+    residual: torch.Tensor | None = None,
+    grid: tuple[int, int, int] | None = None,
+    layout: str = "viclip",
+    has_cls: bool = True,
+    dropout_p: float = 0.0,
+    training: bool = False,
+    seed: int | None = None,
+) -> torch.Tensor:
+    """``residual + s * A(x)`` with the extension. x: (B, L, C) -> (B, L, C). Semantics of ``msta_adapter_ref``."""
+    _register()
+    B, L, C = x.shape
+    if layout not in LAYOUT_CODES:
+        raise ValueError(f"unknown token layout {layout!r}; expected one of {tuple(LAYOUT_CODES)}")
+    if conv_w is not None and grid is None:
+        raise ValueError("the temporal path needs the (T, H, W) grid of the patch tokens")
+    p = float(dropout_p) if training else 0.0
+    keep = None
+    if p > 0:
+        seed = int(torch.randint(0, 2**31 - 1, (1,)).item()) if seed is None else seed
+        keep = ext_dropout_keep(seed, B * L, down_w.shape[0], p, x.device)
+    out, _, _ = torch.ops.msta_fast_ext.adapter_fwd(
+        x.reshape(B * L, C).contiguous(), down_w, down_b, shared_w, shared_b, up_w, up_b, conv_w, conv_b,
+        residual.reshape(B * L, C) if residual is not None else None, keep, float(scale), p,
+        list(grid) if grid is not None else [1, 1, 1], LAYOUT_CODES[layout], bool(has_cls), L, bool(grad_scale),
+    )
+    return out.reshape(B, L, C)

@@ -1,0 +1,154 @@
+"""Backend selection of msta_fast.ops.msta_adapter, and a patched tiny ViCLIP under every backend."""
+
+import logging
+
+import pytest
+import torch
+
+import msta_fast
+from msta_fast.adapters.functional import msta_adapter_ref
+from msta_fast.kernels import INTERPRET
+from msta_fast.ops import dispatch, extension, get_backend, msta_adapter, set_backend
+from msta_fast.ops.parity import AdapterCase, assert_close, make_inputs
+
+# Where every backend can run: CPU tensors under the Triton interpreter (no GPU), else the GPU.
+DEVICE = "cpu" if INTERPRET else "cuda"
+
+
+@pytest.fixture(autouse=True)
+def fresh_backend_state(monkeypatch):
+    monkeypatch.delenv("MSTA_FAST_BACKEND", raising=False)
+    monkeypatch.delenv("MSTA_FAST_BUILD_EXT", raising=False)
+    monkeypatch.setattr(dispatch, "_logged", set())
+    # On a GPU the fp32 reference must not use tf32 (cuDNN's conv3d does by default).
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    set_backend(None)
+    yield
+    set_backend(None)
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def test_backend_names_are_checked(monkeypatch):
+    assert get_backend() == "auto"
+    set_backend("torch")
+    assert get_backend() == "torch"
+    with pytest.raises(ValueError, match="unknown backend"):
+        set_backend("cuda")
+    set_backend(None)
+    monkeypatch.setenv("MSTA_FAST_BACKEND", "fastest")
+    with pytest.raises(ValueError, match="MSTA_FAST_BACKEND"):
+        get_backend()
+    monkeypatch.setenv("MSTA_FAST_BACKEND", "ext")
+    assert get_backend() == "ext"
+
+
+def test_auto_on_cpu_does_not_build_the_extension(monkeypatch, caplog):
+    """Without a built extension and without MSTA_FAST_BUILD_EXT, auto falls back to the reference, logged once."""
+    monkeypatch.setattr(extension, "is_loaded", lambda: False)
+    monkeypatch.setattr(extension, "is_built", lambda with_cuda=None: False)
+    monkeypatch.setattr(extension, "load", lambda *a, **k: pytest.fail("auto must not build the extension"))
+    x, weights, residual = make_inputs(AdapterCase(batch=1, width=32, dim=16, grid=(2, 2, 2)), torch.float32)
+    with caplog.at_level(logging.WARNING, logger=dispatch.__name__):
+        assert dispatch.resolve_backend(x, weights[0]) == "torch"
+        out = msta_adapter(x, *weights, residual=residual, grid=(2, 2, 2))
+        msta_adapter(x, *weights, residual=residual, grid=(2, 2, 2))
+    assert_close("out", out, msta_adapter_ref(x, *weights, residual=residual, grid=(2, 2, 2)), 1e-6)
+    messages = [r.getMessage() for r in caplog.records if "extension not used" in r.getMessage()]
+    assert len(messages) == 1 and "MSTA_FAST_BUILD_EXT" in messages[0]
+
+
+def test_auto_on_cpu_uses_the_extension_when_allowed(monkeypatch):
+    monkeypatch.setenv("MSTA_FAST_BUILD_EXT", "1")
+    x = torch.randn(1, 9, 32)
+    assert dispatch.resolve_backend(x, torch.randn(16, 32)) == "ext"
+
+
+def test_explicit_backends_refuse_what_they_cannot_do():
+    x, weights, _ = make_inputs(AdapterCase(batch=1, width=32, dim=16, grid=(2, 2, 2)), torch.float32)
+    mask = torch.ones(1, x.shape[1], 16, dtype=torch.bool)
+    set_backend("triton")
+    with pytest.raises(ValueError, match="dropout_mask"):
+        msta_adapter(x, *weights, grid=(2, 2, 2), dropout_p=0.1, training=True, dropout_mask=mask)
+    set_backend("auto")
+    assert dispatch.resolve_backend(x, weights[0], has_mask=True) == "torch"
+
+
+@pytest.mark.parametrize("backend", ["triton", "ext"])
+def test_dispatch_matches_reference(backend):
+    case = AdapterCase(batch=2, width=64, dim=32, grid=(2, 3, 2), kernel=(3, 3, 3))
+    x, weights, residual = make_inputs(case, torch.float32, DEVICE)
+    set_backend(backend)
+    out = msta_adapter(x, *weights, residual=residual, **case.options())
+    assert_close("out", out, msta_adapter_ref(x, *weights, residual=residual, **case.options()), 1e-5)
+
+
+def test_autocast_runs_the_fast_op_in_the_autocast_dtype():
+    """Under CPU bf16 autocast the extension sees bf16 inputs; an fp32 residual is added outside, in fp32."""
+    case = AdapterCase(batch=1, width=64, dim=32, grid=(2, 2, 2))
+    x, weights, residual = make_inputs(case, torch.float32, requires_grad=False)
+    set_backend("ext")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = msta_adapter(x, *weights, residual=residual, **case.options())
+    ref = msta_adapter_ref(x, *weights, residual=residual, **case.options())
+    assert out.dtype == torch.float32
+    assert_close("out", out, ref, 2e-2)
+
+
+
+def _tiny_patched_viclip():
+    torch.manual_seed(0)
+    model = msta_fast.build_viclip("viclip-tiny").to(DEVICE)
+    msta_fast.patch(model, "msta", dim=16, scale=0.5, dropout=0.0, temporal_kernel=(3, 3, 3))
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.copy_(torch.randn_like(p) * 0.2)
+    return model
+
+
+def test_patched_tiny_viclip_is_the_same_under_every_backend():
+    """Outputs and every adapter gradient of a patched tiny ViCLIP agree across torch, triton and ext."""
+    model = _tiny_patched_viclip()
+    cfg = model.config
+    video = torch.randn(2, cfg.num_frames, 3, cfg.image_size, cfg.image_size, device=DEVICE)
+    ids = torch.randint(1, 400, (3, cfg.context_length), device=DEVICE)
+    results = {}
+    for backend in ("torch", "triton", "ext"):
+        set_backend(backend)
+        model.zero_grad(set_to_none=True)
+        v, t = model.encode_video(video), model.encode_text(ids)
+        (v.square().sum() + t.square().sum()).backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        results[backend] = (v.detach(), t.detach(), grads)
+    v_ref, t_ref, g_ref = results["torch"]
+    assert len(g_ref) > 0 and any(g.abs().sum() > 0 for g in g_ref.values())
+    assert any("tconv" in n or "conv" in n for n in g_ref), "the temporal path was not patched"
+    for backend in ("triton", "ext"):
+        v, t, grads = results[backend]
+        assert_close(f"{backend} video embedding", v, v_ref, 1e-4)
+        assert_close(f"{backend} text embedding", t, t_ref, 1e-4)
+        assert grads.keys() == g_ref.keys()
+        for name, g in grads.items():
+            assert_close(f"{backend} grad {name}", g, g_ref[name], 1e-4)
+
+
+def test_auto_falls_back_when_the_triton_kernels_fail(monkeypatch, caplog):
+    """A Triton failure at run time (e.g. a kernel that does not compile on this GPU) is logged once; auto goes on."""
+    x, weights, residual = make_inputs(AdapterCase(batch=1, width=32, dim=16, grid=(2, 2, 2)), torch.float32)
+    monkeypatch.setattr(dispatch, "_triton_failure", None)
+    monkeypatch.setattr(dispatch, "resolve_backend", lambda *a, **k: "torch" if dispatch._triton_failure else "triton")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("PTX compile failed")
+
+    monkeypatch.setattr(dispatch, "_fast_op", lambda backend: broken)
+    with caplog.at_level(logging.WARNING, logger=dispatch.__name__):
+        out = msta_adapter(x, *weights, residual=residual, grid=(2, 2, 2))
+    assert_close("out", out, msta_adapter_ref(x, *weights, residual=residual, grid=(2, 2, 2)), 1e-6)
+    assert "PTX compile failed" in dispatch._triton_failure
+    assert any("Triton kernels failed" in r.getMessage() for r in caplog.records)
+    set_backend("triton")  # asked for explicitly: the failure is the caller's to see
+    monkeypatch.setattr(dispatch, "resolve_backend", lambda *a, **k: "triton")
+    with pytest.raises(RuntimeError, match="PTX"):
+        msta_adapter(x, *weights, residual=residual, grid=(2, 2, 2))
