@@ -40,7 +40,8 @@ class PatchConfig:
     "all" for the SSv2 variant), ``num_classes`` (the visual classification head; None: no head),
     ``head_dropout``, ``frame_adapter`` (the frame-level temporal adapter where per-frame
     embeddings exist), ``zero_init_text`` (text adapters start at zero so the patched model starts
-    equal to the original; False: the released code's default initialisation).
+    equal to the original; False: the released code's default initialisation), ``mlm_vocab`` (the
+    size of the word list of the masked-language-modelling head; None: no MLM head).
     """
 
     method: str = "msta"
@@ -62,6 +63,7 @@ class PatchConfig:
     head_dropout: float = 0.5
     frame_adapter: bool = True
     zero_init_text: bool = True
+    mlm_vocab: int | None = None
     extra: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
@@ -103,6 +105,8 @@ class PatchConfig:
             raise ValueError(f"text_layers must be an integer >= 0 or 'all', got {self.text_layers!r}")
         if self.num_classes is not None and (not isinstance(self.num_classes, int) or self.num_classes < 1):
             raise ValueError(f"num_classes must be an integer >= 1 or None, got {self.num_classes!r}")
+        if self.mlm_vocab is not None and (not isinstance(self.mlm_vocab, int) or self.mlm_vocab < 1):
+            raise ValueError(f"mlm_vocab must be an integer >= 1 or None, got {self.mlm_vocab!r}")
         if not 0.0 <= self.head_dropout < 1.0:
             raise ValueError(f"head_dropout must be in [0, 1), got {self.head_dropout}")
 

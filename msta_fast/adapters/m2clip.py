@@ -104,7 +104,8 @@ class TEDAdapter(nn.Module):
         else:
             centre = self.te_conv.weight[:, 0, TEMPORAL_KERNEL[0] // 2, 0, 0]
             te_cls = a[:, :1] * centre + self.te_conv.bias
-            te = torch.cat([te_cls, depthwise_conv(a[:, 1:], self.te_conv.weight, self.te_conv.bias, grid, "viclip")], 1)
+            te_patch = depthwise_conv(a[:, 1:], self.te_conv.weight, self.te_conv.bias, grid, "viclip")
+            te = torch.cat([te_cls, te_patch], dim=1)
         d = time_difference(g, grid, self.layout) + self.td_fc1.bias
         td = self.td_fc2(depthwise_conv(d, self.td_conv.weight, self.td_conv.bias, grid, self.layout))
         y = self.te_fc2(te)
@@ -164,8 +165,9 @@ class VisualHead(nn.Module):
 
 class M2CLIPAdapters(nn.Module):
     """Container: ``vision.{i}`` / ``vision_attn.{i}`` (TED before the MLP / attention of block i),
-    ``text.{i}`` / ``text_attn.{i}``, ``frame`` (frame-level temporal adapter) and ``head`` (visual
-    head), those that apply. ``features`` holds what the last video forward exposed for the heads."""
+    ``text.{i}`` / ``text_attn.{i}``, ``frame`` (frame-level temporal adapter), ``head`` (visual
+    head) and ``decoder`` (the trainable parts of the MLM head), those that apply. ``features``
+    holds what the last video forward exposed for the heads."""
 
     def __init__(self):
         super().__init__()
@@ -175,6 +177,7 @@ class M2CLIPAdapters(nn.Module):
         self.text_attn = nn.ModuleDict()
         self.frame: FrameTemporalAdapter | None = None
         self.head: VisualHead | None = None
+        self.decoder: nn.Module | None = None  # msta_fast.m2clip.decoder.MLMDecoder
         self.features: dict[str, torch.Tensor] = {}
 
 
@@ -210,6 +213,10 @@ def build_m2clip(vision: Tower, text: Tower, cfg: PatchConfig) -> M2CLIPAdapters
                 adapters.text_attn[str(i)] = TextAdapter(text.width, cfg.dim, cfg.zero_init_text)
     if cfg.num_classes is not None:
         adapters.head = VisualHead(vision.width, cfg.num_classes, cfg.head_dropout)
+    if cfg.mlm_vocab is not None:
+        from msta_fast.m2clip.decoder import MLMDecoder  # the decoder package builds on these adapters
+
+        adapters.decoder = MLMDecoder(text.width, _embed_dim(vision), cfg.mlm_vocab, cfg.dim, cfg.zero_init_text)
     return adapters
 
 
@@ -261,7 +268,8 @@ def attention_hook(adapter, slot: dict, tower: Tower, grid: VideoGrid | None, en
 
 def attach_m2clip(model: nn.Module, adapters: M2CLIPAdapters, vision: Tower, text: Tower, cfg: PatchConfig,
                   grid: VideoGrid, enabled) -> list:
-    """Registers the hooks; returns their handles (removed by ``unpatch``)."""
+    """Registers the hooks; returns their handles (removed by ``unpatch``). Forward hooks are prepended, as
+    MSTA's, so that they run before a wrapper's own post-forward hooks."""
     handles = []
     for tower, pre_mlp, pre_attn, tower_grid in (
         (vision, adapters.vision, adapters.vision_attn, grid),
@@ -271,16 +279,17 @@ def attach_m2clip(model: nn.Module, adapters: M2CLIPAdapters, vision: Tower, tex
             block, slot = tower.blocks[int(i)], {}
             hook = block_pre_hook(pre_attn[i] if i in pre_attn else None, slot, tower, tower_grid, enabled)
             handles.append(block.register_forward_pre_hook(hook, with_kwargs=True))
-            handles.append(block.attn.register_forward_hook(attention_hook(adapter, slot, tower, tower_grid, enabled)))
+            hook = attention_hook(adapter, slot, tower, tower_grid, enabled)
+            handles.append(block.attn.register_forward_hook(hook, prepend=True))
     visual = vision.grid_module
     frames = lambda: getattr(model, "frames_per_clip", None) or cfg.num_frames or 1  # noqa: E731
     handles.append(visual.register_forward_pre_hook(grid_pre_hook(grid, vision, frames), with_kwargs=True))
     handles.append(visual.register_forward_pre_hook(lambda module, args: adapters.features.clear()))
     handles.append(visual.ln_post.register_forward_hook(_class_token_hook(adapters, vision, grid)))
     if vision.layout == "frames":
-        handles.append(visual.register_forward_hook(_frame_embedding_hook(adapters, grid, enabled)))
+        handles.append(visual.register_forward_hook(_frame_embedding_hook(adapters, grid, enabled), prepend=True))
     else:
-        handles.append(vision.blocks[-1].register_forward_hook(_last_tokens_hook(adapters, vision)))
+        handles.append(vision.blocks[-1].register_forward_hook(_last_tokens_hook(adapters, vision), prepend=True))
     return handles
 
 
@@ -339,5 +348,6 @@ def frame_embeddings(model: nn.Module, adapters: M2CLIPAdapters, grid: VideoGrid
     visual = model.vision_encoder
     T, H, W = grid.shape
     tokens = adapters.features["tokens"][:, 1:]
-    per_frame = tokens.reshape(tokens.shape[0], H * W, T, -1).mean(1)
+    # In the weights' dtype: the heads may run outside the autocast region of the forward.
+    per_frame = tokens.reshape(tokens.shape[0], H * W, T, -1).mean(1).to(visual.proj.dtype)
     return _layer_norm(visual.ln_post, per_frame) @ visual.proj

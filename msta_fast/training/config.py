@@ -1,0 +1,278 @@
+"""Recipe configuration: built-in defaults <- YAML file <- command-line flags <- ``--set key=value``.
+
+A config is a nested dict. ``DEFAULTS`` lists every key a recipe understands; a YAML file or an override may
+only set keys that exist there (a typo is an error naming the key and the file), and a value must have the
+default's type (ints are accepted for floats; ``null`` is accepted where the default is ``null``, and anywhere
+under ``model.overrides`` and ``method_overrides``, which are free-form). ``--set`` values are parsed as YAML,
+so ``--set optim.lr=2e-3 --set protocol.seeds=[1]`` work.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+from pathlib import Path
+
+import yaml
+
+SETTINGS = ("b2n", "fs", "zs", "full")
+# recipe setting -> msta_fast.data registry setting
+REGISTRY_SETTINGS = {"b2n": "base2novel", "fs": "fewshot", "zs": "zeroshot", "full": "supervised"}
+
+DEFAULTS: dict = {
+    "setting": "b2n",
+    "dataset": "synthetic",
+    "methods": ["zero", "msta"],
+    "out": None,  # run directory; default runs/<setting>_<dataset>
+    "data_root": None,  # folder holding the videos (list paths are relative to it)
+    "lists_dir": None,  # user lists in the ViFi-CLIP layout (the K-400 lists too large to ship)
+    "checkpoint": None,  # ViCLIP weights; None on the synthetic data = the model recipes/pretrain.py caches
+    "cache_dir": None,  # synthetic data and pre-trained model; default $MSTA_FAST_CACHE or ~/.cache/msta_fast
+    "resume": False,
+    "seed": 0,
+    "precision": "auto",  # auto (bf16 autocast on GPUs, fp32 on the CPU) | fp32 | bf16
+    "model": {
+        "name": "viclip-b16",  # preset used when building from scratch (synthetic) or to check a checkpoint
+        "num_frames": 8,
+        "image_size": 224,
+        "overrides": {},  # other ViCLIPConfig keys (head counts; sizes of a model pre-trained from scratch)
+    },
+    "adapter": {  # MSTA's options (Table 1); LoRA and AdaptFormer use their published defaults
+        "dim": 256,
+        "start_layer": 1,
+        "scale": 0.005,
+        "dropout": 0.1,
+        "options": {},  # any other msta_fast.patch option (temporal_kernel, conv_init, grad_scale, ...)
+    },
+    "loss": {
+        "consistency": True,  # MSTA's description-guided consistency constraint L_CC (method.md section 3)
+        "weight": 1.0,  # lambda
+        "num_descriptions": 2,  # N
+        "descriptions_dir": None,  # folder with {N}_{s|t}_description_<name>[_base|_novel].json files
+        "template": "a video of {}.",
+    },
+    "optim": {
+        "lr": 1.0e-3,
+        "weight_decay": 1.0e-3,
+        "betas": [0.9, 0.98],
+        "epochs": 11,
+        "warmup_epochs": 2.0,
+        "min_lr_ratio": 0.01,  # cosine ends at lr / 100 (the authors' logs)
+        "batch_size": 32,  # global batch: gradient accumulation keeps it on any number of devices
+        "micro_batch_size": 8,  # clips per device per forward pass
+        "grad_clip": 0.0,  # 0 = off
+    },
+    "data": {
+        "backend": "decord",  # decord | pyav
+        "loader": "auto",  # auto (DALI on GPUs when installed, else torch) | torch | dali
+        "num_workers": 4,
+        "strict": False,  # True: an unreadable video stops the run instead of being replaced
+        "augment": True,  # the paper's augmentation; the synthetic set turns it off (flips reverse directions)
+    },
+    "eval": {
+        "batch_size": 16,
+        "num_clips": 0,  # 0 = the protocol's (full: 4 clips x 3 crops; others 1 x 1)
+        "num_crops": 0,
+        "select_best": "auto",  # auto (b2n: evaluate base-val every epoch, keep the best) | last | best
+    },
+    "protocol": {
+        "seeds": [1, 2, 3],  # base-to-novel
+        "shots": [2, 4, 8, 16],  # few-shot K
+        "splits": [1, 2, 3],  # zero-shot splits (HMDB/UCF test splits, K-600 subsets)
+        "zs_targets": ["hmdb", "ucf", "k600"],
+        "target_roots": {},  # zero-shot: data root per target data set (default: data_root)
+    },
+    "checkpointing": {
+        "every_steps": 0,  # also save every N optimizer steps (0: at epoch ends only)
+    },
+    "distributed": {"strategy": "fsdp"},  # fsdp (FSDP2 fully_shard) | ddp
+    "synthetic": {  # the built-in data set (msta_fast.data.synthetic)
+        "seed": 0,
+        "size": 32,
+        "frames": 16,
+        "train_per_class": 20,
+        "val_per_class": 8,
+    },
+    "pretrain": {  # recipes/pretrain.py: contrastive pre-training of model.name (+ overrides) on the synthetic captions
+        "epochs": 20,
+        "lr": 2.0e-3,
+        "batch_size": 32,
+        "warmup_epochs": 1.0,
+        "weight_decay": 0.05,
+    },
+    "method_overrides": {},  # per method: a nested dict merged into the config for that method's runs
+    "debug": {
+        "kill_at_step": 0,  # SIGKILL the process right after this optimizer step (tests of --resume)
+        "max_videos": 0,  # use at most this many videos per list (quick runs)
+    },
+}
+
+CHOICES = {
+    "setting": SETTINGS,
+    "precision": ("auto", "fp32", "bf16"),
+    "data.backend": ("decord", "pyav"),
+    "data.loader": ("auto", "torch", "dali"),
+    "eval.select_best": ("auto", "last", "best"),
+    "distributed.strategy": ("fsdp", "ddp"),
+}
+_FLOAT_1_1 = (r"^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+][0-9]+)?|\.[0-9][0-9_]*(?:[eE][-+][0-9]+)?"
+              r"|[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+\.[0-9_]*|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$")
+FREE_FORM = ("model.overrides", "adapter.options", "method_overrides", "protocol.target_roots")
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads ``1e-3`` (no dot) as a string; this loader reads it as a float, as everyone expects."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$|" + _FLOAT_1_1),
+    list("-+0123456789."),
+)
+
+
+def yaml_load(text: str):
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
+class ConfigError(ValueError):
+    """A config value or key that is not allowed; the message names the key and where it came from."""
+
+
+def merge(base: dict, update: dict) -> dict:
+    """Deep merge: a copy of ``base`` with ``update``'s values, recursively for dicts."""
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def parse_override(text: str) -> tuple[str, object]:
+    """``"optim.lr=2e-3"`` -> ``("optim.lr", 0.002)``: the value is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"--set expects key=value, got {text!r}")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml_load(raw) if raw.strip() else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {key}: cannot parse value {raw!r} as YAML ({e})") from e
+    return key.strip(), value
+
+
+def set_dotted(cfg: dict, key: str, value) -> None:
+    node = cfg
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{key}: {part!r} is not a section")
+    node[parts[-1]] = value
+
+
+def get_dotted(cfg: dict, key: str):
+    node = cfg
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def _is_free_form(path: str) -> bool:
+    return any(path == f or path.startswith(f + ".") for f in FREE_FORM)
+
+
+def validate(cfg: dict, source: str = "config", defaults: dict = DEFAULTS, prefix: str = "") -> dict:
+    """Raise :class:`ConfigError` for unknown keys, wrong types or values outside their choices."""
+    for key, value in cfg.items():
+        path = f"{prefix}{key}"
+        if _is_free_form(path):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: {path} must be a mapping, got {type(value).__name__}")
+            continue
+        if key not in defaults:
+            known = ", ".join(sorted(defaults))
+            raise ConfigError(f"{source}: unknown key {path!r} (known here: {known})")
+        default = defaults[key]
+        if isinstance(default, dict):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: {path} must be a section (mapping), got {value!r}")
+            validate(value, source, default, path + ".")
+            continue
+        if value is None or default is None:
+            continue
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, float):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        elif isinstance(default, int):
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        else:
+            ok = isinstance(value, type(default))
+        if not ok:
+            raise ConfigError(f"{source}: {path} must be {type(default).__name__}, got {value!r}")
+        if path in CHOICES and value not in CHOICES[path]:
+            raise ConfigError(f"{source}: {path} must be one of {CHOICES[path]}, got {value!r}")
+    return cfg
+
+
+def check_values(cfg: dict, source: str = "config") -> None:
+    """Checks across keys and of ranges, on a complete config."""
+    optim = cfg["optim"]
+    if optim["batch_size"] < 1 or optim["micro_batch_size"] < 1:
+        raise ConfigError(f"{source}: optim.batch_size and optim.micro_batch_size must be >= 1")
+    if optim["lr"] <= 0 or optim["epochs"] < 1:
+        raise ConfigError(f"{source}: optim.lr must be > 0 and optim.epochs >= 1")
+    if not 0 <= optim["min_lr_ratio"] <= 1:
+        raise ConfigError(f"{source}: optim.min_lr_ratio must be in [0, 1]")
+    if not cfg["methods"] or not all(isinstance(m, str) for m in cfg["methods"]):
+        raise ConfigError(f"{source}: methods must be a non-empty list of method names")
+    for seed in cfg["protocol"]["seeds"]:
+        if seed not in (1, 2, 3):
+            raise ConfigError(f"{source}: protocol.seeds must be among 1, 2, 3, got {seed}")
+
+
+def load_yaml(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML ({e})") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    return validate(data, str(path))
+
+
+def build_config(file: str | os.PathLike | None = None, flags: dict | None = None,
+                 overrides: list[str] = ()) -> dict:
+    """Defaults <- ``file`` <- ``flags`` (dotted keys from dedicated command-line options) <- ``overrides``."""
+    cfg = copy.deepcopy(DEFAULTS)
+    if file is not None:
+        cfg = merge(cfg, load_yaml(file))
+    for key, value in (flags or {}).items():
+        set_dotted(cfg, key, value)
+    for text in overrides:
+        key, value = parse_override(text)
+        set_dotted(cfg, key, value)
+    source = f"{file or 'defaults'} + command line"
+    validate(cfg, source)
+    check_values(cfg, source)
+    return cfg
+
+
+def method_config(cfg: dict, method: str) -> dict:
+    """The config for one method's runs: ``method_overrides[method]`` merged in and validated."""
+    extra = cfg["method_overrides"].get(method, {})
+    if not isinstance(extra, dict):
+        raise ConfigError(f"method_overrides.{method} must be a mapping")
+    out = merge(cfg, extra)
+    validate(out, f"method_overrides.{method}")
+    return out
+
+
+def save_config(cfg: dict, path: str | os.PathLike) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg, sort_keys=False))

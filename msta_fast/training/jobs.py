@@ -1,0 +1,150 @@
+"""From a recipe config to the list of training jobs of a protocol, and from the jobs' results to the
+protocol's summary (protocols.md).
+
+- b2n: one job per seed (16 shots per base class); base-val selects the best epoch; base, novel and HM are
+  averaged over the seeds (HM of the averages).
+- fs: one job per K; scored on the first test list (HMDB/UCF ``val1``, SSv2 ``validation``), the mean over all
+  test lists reported beside it.
+- zs: one job trained on the data set's full train list (K-400; on the synthetic set, all videos of its base
+  classes), evaluated on every split of every target; mean +- std over the splits.
+- full: one job; multi-view evaluation (4 clips x 3 crops); top-1 and top-5.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from msta_fast.data import EvalSet, get_protocol
+from msta_fast.data.descriptions import load_descriptions, template_descriptions
+from msta_fast.data.lists import Sample
+from msta_fast.training.config import ConfigError
+from msta_fast.training.evaluation import harmonic_mean
+from msta_fast.training.results import mean_std
+
+log = logging.getLogger(__name__)
+
+# data set -> the name used in the MSTA authors' description files
+DESCRIPTION_NAMES = {"k400": "k400", "k600": "k600", "hmdb": "hmdb", "ucf": "ucf_101", "ssv2": "ssv2",
+                     "synthetic": "synthetic"}
+
+
+@dataclass
+class Job:
+    """One training run (or, for zero-shot methods, one evaluation) of a protocol."""
+
+    name: str  # "seed1", "k16", "train", "full"
+    train: list[Sample] | None
+    train_root: Path | None
+    classes: list[str]
+    dataset: str  # the training data set (for its descriptions)
+    description_part: str  # "", "_base" (file name suffix of the training classes' descriptions)
+    evals: dict[str, tuple[EvalSet, Path | None]] = field(default_factory=dict)
+    select: str | None = None  # eval name that selects the best epoch (b2n: "base")
+    seed: int = 0
+
+
+def _root(cfg: dict, dataset: str, data_root: Path | None) -> Path | None:
+    roots = cfg["protocol"]["target_roots"]
+    return Path(roots[dataset]) if roots.get(dataset) else data_root
+
+
+def plan_jobs(cfg: dict, data_root: Path | None) -> list[Job]:
+    """The jobs of ``cfg["setting"]`` on ``cfg["dataset"]``; ``data_root`` is the resolved data folder."""
+    dataset, setting, p = cfg["dataset"], cfg["setting"], cfg["protocol"]
+    lists = cfg["lists_dir"]
+    select = None if cfg["eval"]["select_best"] == "last" else "base"
+    jobs = []
+    if setting == "b2n":
+        for seed in p["seeds"]:
+            proto = get_protocol(dataset, "base2novel", seed=seed, data_root=data_root, lists_dir=lists)
+            evals = {name: (ev, data_root) for name, ev in proto.evals.items()}
+            jobs.append(Job(f"seed{seed}", proto.train, data_root, proto.classes, dataset, "_base", evals, select,
+                            seed))
+    elif setting == "fs":
+        for k in p["shots"]:
+            proto = get_protocol(dataset, "fewshot", shots=k, data_root=data_root, lists_dir=lists)
+            evals = {name: (ev, data_root) for name, ev in proto.evals.items()}
+            best = "best" if cfg["eval"]["select_best"] == "best" else None
+            jobs.append(Job(f"k{k}", proto.train, data_root, proto.classes, dataset, "", evals,
+                            next(iter(evals)) if best else None, k))
+    elif setting == "zs":
+        if dataset == "synthetic":
+            source = get_protocol("synthetic", "base2novel", seed=1, shots="all", data_root=data_root)
+            train_set, part, targets = "synthetic", "_base", ["synthetic"]
+        else:
+            train_set, part, targets = dataset, "", p["zs_targets"]
+            source = get_protocol(train_set, "supervised", data_root=_root(cfg, train_set, data_root),
+                                  lists_dir=lists)
+        evals = {}
+        for target in targets:
+            root = _root(cfg, target, data_root)
+            for split in p["splits"]:
+                proto = get_protocol(target, "zeroshot", split=split, data_root=root, lists_dir=lists)
+                for name, ev in proto.evals.items():
+                    evals[f"{target}/{name}"] = (ev, root)
+        jobs.append(Job("train", source.train, source.data_root, source.classes, train_set, part, evals))
+    else:
+        proto = get_protocol(dataset, "supervised", data_root=data_root, lists_dir=lists)
+        evals = {name: (ev, data_root) for name, ev in proto.evals.items()}
+        jobs.append(Job("full", proto.train, data_root, proto.classes, dataset, "", evals))
+    return jobs
+
+
+def job_descriptions(cfg: dict, job: Job, data_root: Path | None) -> tuple[dict, dict]:
+    """(spatial, temporal) ``{class index: sentences}`` for the job's training classes.
+
+    Read from ``loss.descriptions_dir`` (the authors' file names: ``{N}_{s|t}_description_<name>[_base].json``;
+    the synthetic set writes its own under ``<data_root>/descriptions``); without a folder, template sentences
+    (weak: generate real ones with ``python -m msta_fast.data.descriptions``)."""
+    n = cfg["loss"]["num_descriptions"]
+    folder = cfg["loss"]["descriptions_dir"]
+    if folder is None and job.dataset == "synthetic" and data_root is not None:
+        folder = data_root / "descriptions"
+    out = []
+    for letter, kind in (("s", "spatial"), ("t", "temporal")):
+        if folder is None:
+            log.warning("loss.descriptions_dir is not set: the consistency constraint uses template sentences")
+            out.append({i: template_descriptions(c, kind, n) for i, c in enumerate(job.classes)})
+            continue
+        path = Path(folder) / f"{n}_{letter}_description_{DESCRIPTION_NAMES[job.dataset]}{job.description_part}.json"
+        if not path.is_file():
+            raise ConfigError(f"loss.descriptions_dir: {path} not found (write it with "
+                              f"`python -m msta_fast.data.descriptions --kind {kind} --n {n} ...`)")
+        out.append(load_descriptions(path, num_classes=len(job.classes)))
+    return out[0], out[1]
+
+
+def summarize(setting: str, jobs: list[Job], outcomes: dict[str, dict]) -> dict:
+    """One method's results.json entry from its jobs' outcomes (``{job name: {"evals": {name: metrics}}}``)."""
+    if setting == "b2n":
+        per_seed = []
+        for job in jobs:
+            ev = outcomes[job.name]["evals"]
+            base, novel = ev["base"]["top1"], ev["novel"]["top1"]
+            per_seed.append({"seed": job.seed, "base": base, "novel": novel, "hm": harmonic_mean(base, novel),
+                             "best_epoch": outcomes[job.name].get("best_epoch")})
+        base = sum(s["base"] for s in per_seed) / len(per_seed)
+        novel = sum(s["novel"] for s in per_seed) / len(per_seed)
+        return {"base": base, "novel": novel, "hm": harmonic_mean(base, novel), "per_seed": per_seed}
+    if setting == "fs":
+        shots = {}
+        for job in jobs:
+            ev = outcomes[job.name]["evals"]
+            tops = {name: m["top1"] for name, m in ev.items()}
+            shots[str(job.seed)] = {"top1": next(iter(tops.values())), "mean_all": mean_std(list(tops.values()))[0],
+                                    "per_test": tops}
+        return {"shots": shots}
+    if setting == "zs":
+        ev = outcomes[jobs[0].name]["evals"]
+        targets: dict[str, dict] = {}
+        for name, m in ev.items():
+            target, split = name.split("/", 1)
+            targets.setdefault(target, {"per_split": {}})["per_split"][split] = m["top1"]
+        for entry in targets.values():
+            entry["mean"], entry["std"] = mean_std(list(entry["per_split"].values()))
+        return {"targets": targets}
+    ev = outcomes[jobs[0].name]["evals"]
+    name = next(iter(ev))
+    return {"top1": ev[name]["top1"], "top5": ev[name]["top5"]}

@@ -1,0 +1,124 @@
+"""recipes/train.py end to end on a tiny synthetic run: every setting, a corrupt video, and --resume after a
+hard kill mid-epoch giving the same adapters as an uninterrupted run."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_recipe(name: str):
+    spec = importlib.util.spec_from_file_location(f"recipe_{name}", REPO / "recipes" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def tiny_args(cache: Path, out: Path, *extra: str) -> list[str]:
+    """A run of seconds: small data set, one pre-training epoch, 4 frames, 1 epoch, 24 videos per list."""
+    sets = ["synthetic.train_per_class=16", "synthetic.val_per_class=2", "synthetic.frames=8",
+            "model.num_frames=4", "pretrain.epochs=1", "pretrain.batch_size=64", "optim.epochs=1",
+            "debug.max_videos=24", "data.num_workers=0", "eval.batch_size=32", "protocol.seeds=[1]",
+            "protocol.shots=[2]", "protocol.splits=[1]", "optim.micro_batch_size=8", "optim.batch_size=8"]
+    args = ["--cache-dir", str(cache), "--out", str(out)]
+    for s in sets:
+        args += ["--set", s]
+    return args + list(extra)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.getbasetemp() / "recipes_cache"  # shared by the recipe test files of a session
+
+
+@pytest.fixture(scope="module")
+def train():
+    return load_recipe("train").main
+
+
+@pytest.mark.parametrize("setting", ["b2n", "fs", "zs", "full"])
+def test_each_setting_end_to_end(setting, train, cache, tmp_path):
+    out = tmp_path / setting
+    results = train(["--setting", setting, *tiny_args(cache, out)])
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["setting"] == setting and set(saved["methods"]) == {"zero", "msta"}
+    assert (out / "results.png").stat().st_size > 0 and (out / "config.yaml").is_file()
+    assert saved["trainable_parameters"]["zero"] == 0 and saved["trainable_parameters"]["msta"] > 0
+    entry = saved["methods"]["msta"]
+    if setting == "b2n":
+        assert 0 <= entry["base"] <= 100 and 0 <= entry["novel"] <= 100
+        assert entry["per_seed"][0]["seed"] == 1 and entry["per_seed"][0]["best_epoch"] == 0
+    elif setting == "fs":
+        assert set(entry["shots"]) == {"2"}
+    elif setting == "zs":
+        assert set(entry["targets"]["synthetic"]["per_split"]) == {"val1"}
+    else:
+        assert 0 <= entry["top1"] <= entry["top5"] <= 100
+        assert saved["views"] == "4 clips x 3 crops"
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert any(line["tag"].startswith("train/msta") for line in lines)
+    assert any(p.name.startswith("events.out.tfevents") for p in (out / "tb").iterdir())
+    assert results["methods"]["msta"] == saved["methods"]["msta"]
+
+
+def test_corrupt_video_does_not_stop_a_run(train, cache, tmp_path):
+    train(["--setting", "b2n", *tiny_args(cache, tmp_path / "warmup"), "--methods", "zero"])  # the cache exists
+    data = next((cache / "synthetic").iterdir())
+    copy = tmp_path / "data"
+    copy.mkdir()
+    for entry in data.iterdir():
+        (copy / entry.name).symlink_to(entry)
+    (copy / "videos").unlink()
+    (copy / "videos").mkdir()
+    for pool in ("train", "val"):
+        (copy / "videos" / pool).mkdir()
+        for video in (data / "videos" / pool).iterdir():
+            (copy / "videos" / pool / video.name).symlink_to(video)
+    train_list = (data / "datasets_splits/base2novel_splits/synthetic_splits/fs_base_s1_train.txt").read_text()
+    base_val = (data / "datasets_splits/base2novel_splits/synthetic_splits/base_val.txt").read_text()
+    for line in (train_list.splitlines()[0], base_val.splitlines()[0]):
+        target = copy / line.split()[0]
+        target.unlink()
+        target.write_bytes(b"this is not a video")
+    checkpoint = next((cache / "pretrained").rglob("viclip.pth"))
+    out = tmp_path / "run"
+    with pytest.warns(UserWarning, match="unreadable"):
+        results = train(["--setting", "b2n", *tiny_args(cache, out), "--data-root", str(copy),
+                         "--checkpoint", str(checkpoint)])
+    done = json.loads((out / "msta" / "seed1" / "done.json").read_text())
+    assert done["evals"]["base"]["replaced"] == 1 and done["evals"]["novel"]["replaced"] == 0
+    assert 0 <= results["methods"]["msta"]["base"] <= 100
+
+
+def test_resume_after_kill_matches_uninterrupted_run(train, cache, tmp_path):
+    # 24 videos, micro-batch 4, global batch 8: 3 optimizer steps per epoch, 2 epochs; the kill is at step 4,
+    # in the middle of the second epoch, right after the checkpoint of that step.
+    extra = ["--methods", "msta", "--set", "optim.epochs=2", "--set", "optim.micro_batch_size=4",
+             "--set", "checkpointing.every_steps=1"]
+    train(["--setting", "b2n", *tiny_args(cache, tmp_path / "warmup"), "--methods", "zero"])  # the cache exists
+    reference = tmp_path / "uninterrupted"
+    train(["--setting", "b2n", *tiny_args(cache, reference), *extra])
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, str(REPO / "recipes" / "train.py"), "--setting", "b2n", *tiny_args(cache, killed), *extra,
+           "--set", "debug.kill_at_step=4"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    checkpoints = killed / "msta" / "seed1" / "checkpoints"
+    assert (checkpoints / "LATEST").read_text() == "step000000004"
+    assert not (killed / "results.json").exists()
+    train(["--setting", "b2n", *tiny_args(cache, killed), *extra, "--resume"])
+    a = load_file(reference / "msta" / "seed1" / "adapters.safetensors")
+    b = load_file(killed / "msta" / "seed1" / "adapters.safetensors")
+    assert a.keys() == b.keys() and len(a) > 0
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-5, atol=1e-6, msg=key)
+    ref = json.loads((reference / "results.json").read_text())["methods"]["msta"]
+    res = json.loads((killed / "results.json").read_text())["methods"]["msta"]
+    assert res == ref
