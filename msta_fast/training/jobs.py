@@ -125,9 +125,14 @@ def summarize(setting: str, jobs: list[Job], outcomes: dict[str, dict]) -> dict:
             base, novel = ev["base"]["top1"], ev["novel"]["top1"]
             per_seed.append({"seed": job.seed, "base": base, "novel": novel, "hm": harmonic_mean(base, novel),
                              "best_epoch": outcomes[job.name].get("best_epoch")})
+            if "visual_head" in ev["base"]:  # a classification head: base classes only, it cannot serve novel ones
+                per_seed[-1]["base_visual_head"] = ev["base"]["visual_head"]["top1"]
         base = sum(s["base"] for s in per_seed) / len(per_seed)
         novel = sum(s["novel"] for s in per_seed) / len(per_seed)
-        return {"base": base, "novel": novel, "hm": harmonic_mean(base, novel), "per_seed": per_seed}
+        entry = {"base": base, "novel": novel, "hm": harmonic_mean(base, novel), "per_seed": per_seed}
+        if all("base_visual_head" in s for s in per_seed):
+            entry["base_visual_head"] = sum(s["base_visual_head"] for s in per_seed) / len(per_seed)
+        return entry
     if setting == "fs":
         shots = {}
         for job in jobs:
@@ -135,6 +140,9 @@ def summarize(setting: str, jobs: list[Job], outcomes: dict[str, dict]) -> dict:
             tops = {name: m["top1"] for name, m in ev.items()}
             shots[str(job.seed)] = {"top1": next(iter(tops.values())), "mean_all": mean_std(list(tops.values()))[0],
                                     "per_test": tops}
+            first = next(iter(ev.values()))
+            if "visual_head" in first:
+                shots[str(job.seed)]["visual_head"] = first["visual_head"]["top1"]
         return {"shots": shots}
     if setting == "zs":
         ev = outcomes[jobs[0].name]["evals"]
@@ -147,4 +155,7 @@ def summarize(setting: str, jobs: list[Job], outcomes: dict[str, dict]) -> dict:
         return {"targets": targets}
     ev = outcomes[jobs[0].name]["evals"]
     name = next(iter(ev))
-    return {"top1": ev[name]["top1"], "top5": ev[name]["top5"]}
+    entry = {"top1": ev[name]["top1"], "top5": ev[name]["top5"]}
+    if "visual_head" in ev[name]:
+        entry["visual_head_top1"] = ev[name]["visual_head"]["top1"]
+    return entry

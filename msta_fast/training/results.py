@@ -34,13 +34,25 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 def columns(setting: str, entry: dict) -> dict[str, str]:
     """The table cells of one method's results."""
+    # A method with a classification head (M2-CLIP) also shows the head's accuracy; the head only knows the
+    # training classes, so it has no novel or zero-shot accuracy ("n/a").
     if setting == "b2n":
-        return {"base": f"{entry['base']:.1f}", "novel": f"{entry['novel']:.1f}", "HM": f"{entry['hm']:.1f}"}
+        cells = {"base": f"{entry['base']:.1f}", "novel": f"{entry['novel']:.1f}", "HM": f"{entry['hm']:.1f}"}
+        if "base_visual_head" in entry:
+            cells["base (visual head)"] = f"{entry['base_visual_head']:.1f}"
+            cells["novel (visual head)"] = "n/a"
+        return cells
     if setting == "fs":
-        return {f"K={k}": f"{v['top1']:.1f}" for k, v in entry["shots"].items()}
+        cells = {f"K={k}": f"{v['top1']:.1f}" for k, v in entry["shots"].items()}
+        cells.update({f"K={k} (visual head)": f"{v['visual_head']:.1f}" for k, v in entry["shots"].items()
+                      if "visual_head" in v})
+        return cells
     if setting == "zs":
         return {t: f"{v['mean']:.1f} ± {v['std']:.1f}" for t, v in entry["targets"].items()}
-    return {"top-1": f"{entry['top1']:.1f}", "top-5": f"{entry['top5']:.1f}"}
+    cells = {"top-1": f"{entry['top1']:.1f}", "top-5": f"{entry['top5']:.1f}"}
+    if "visual_head_top1" in entry:
+        cells["top-1 (visual head)"] = f"{entry['visual_head_top1']:.1f}"
+    return cells
 
 
 def markdown_table(rows: list[tuple[str, dict[str, str]]]) -> str:
@@ -79,7 +91,8 @@ def plot_results(results_list: list[dict], path: str | os.PathLike, labels: list
         for name, entry in results["methods"].items():
             groups.append(f"{prefix}{name}")
             for col, cell in columns(results["setting"], entry).items():
-                series.setdefault(col, {})[groups[-1]] = float(cell.split()[0])
+                if cell != "n/a":
+                    series.setdefault(col, {})[groups[-1]] = float(cell.split()[0])
     width = 0.8 / max(len(series), 1)
     for j, (col, values) in enumerate(series.items()):
         xs = [g + j * width for g in range(len(groups))]
