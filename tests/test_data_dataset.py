@@ -152,3 +152,12 @@ def test_two_processes_evaluate_every_view_once(synthetic, tmp_path):
     rows = torch.load(out, weights_only=True)
     assert rows[:, :2].tolist() == [[v, w] for v in range(5) for w in range(3)]
     assert rows[:, 2].tolist() == [samples[v][1] for v in range(5) for _ in range(3)]
+
+
+def test_flip_probability_is_an_option(synthetic):
+    """flip_prob 1 gives exactly the mirror image of flip_prob 0 with the same seed (nothing else changes)."""
+    train = synthetic.train[:8]
+    runs = {p: collect(build_train_loader(train, synthetic.data_root, batch_size=8, num_frames=T, size=S, seed=3,
+                                          flip_prob=p))[0] for p in (0.0, 1.0)}
+    assert torch.equal(runs[0.0]["video_index"], runs[1.0]["video_index"])
+    torch.testing.assert_close(runs[1.0]["video"], runs[0.0]["video"].flip(-1))

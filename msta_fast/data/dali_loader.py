@@ -52,7 +52,7 @@ class DaliVideoLoader:
                  num_frames: int = 8, size: int = 224, train: bool = True, num_clips: int = 1, num_crops: int = 1,
                  seed: int = 0, rank: int | None = None, world_size: int | None = None, device: str = "cuda",
                  num_threads: int = 4, strict: bool = False, augment: bool = True, max_retries: int = 10,
-                 mean=IMAGENET_MEAN, std=IMAGENET_STD):
+                 mean=IMAGENET_MEAN, std=IMAGENET_STD, flip_prob: float = 0.5):
         if device not in ("cpu", "cuda"):
             raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
         self.samples, self.data_root = samples, Path(data_root) if data_root is not None else None
@@ -60,7 +60,7 @@ class DaliVideoLoader:
         self.num_clips, self.num_crops = (1, 1) if train else (num_clips, num_crops)
         self.seed, self.device, self.num_threads = seed, device, num_threads
         self.strict, self.augment, self.max_retries = strict, augment, max_retries
-        self.mean, self.std = tuple(mean), tuple(std)
+        self.mean, self.std, self.flip_prob = tuple(mean), tuple(std), flip_prob
         views = self.num_clips * self.num_crops
         rank, world_size = rank_and_world(rank, world_size)
         if train:
@@ -115,7 +115,7 @@ class DaliVideoLoader:
                     tried, replaced = int(rng.integers(len(self.samples))), True
             frames = segment_indices(count, self.num_frames, train=True, rng=rng)
             if self.augment:
-                params = sample_train_params(height, width, rng)
+                params = sample_train_params(height, width, rng, p_flip=self.flip_prob)
             else:
                 params = AugmentParams(eval_crops(height, width, self.size, 1)[0], False, (), False)
             return _Item(tried, 0, self.samples[tried][1], encoded, frames, params.crop, params, replaced,

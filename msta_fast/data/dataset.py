@@ -38,7 +38,7 @@ class VideoDataset(Dataset):
     def __init__(self, samples: list[Sample], data_root: str | os.PathLike | None, *, num_frames: int = 8,
                  size: int = 224, train: bool = True, num_clips: int = 1, num_crops: int = 1,
                  backend: str = "decord", strict: bool = False, seed: int = 0, augment: bool = True,
-                 max_retries: int = 10, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+                 max_retries: int = 10, mean=IMAGENET_MEAN, std=IMAGENET_STD, flip_prob: float = 0.5):
         if not samples:
             raise ValueError("VideoDataset needs a non-empty list of (path, label)")
         self.samples = samples
@@ -47,6 +47,7 @@ class VideoDataset(Dataset):
         self.num_clips, self.num_crops = (1, 1) if train else (num_clips, num_crops)
         self.backend, self.strict, self.seed, self.augment = backend, strict, seed, augment
         self.max_retries, self.mean, self.std = max_retries, tuple(mean), tuple(std)
+        self.flip_prob = flip_prob  # 0 where a flip changes the class (SSv2's "left to right", directions)
         self._last_clip: tuple[tuple[int, int], torch.Tensor] | None = None  # see _eval_frames
 
     @property
@@ -85,7 +86,7 @@ class VideoDataset(Dataset):
                     raise VideoDecodeError(e.path, f"{self.max_retries + 1} videos in a row were unreadable") from e
                 tried, replaced = int(rng.integers(len(self.samples))), True
         if self.augment:
-            clip = train_transform(frames, self.size, rng, self.mean, self.std)
+            clip = train_transform(frames, self.size, rng, self.mean, self.std, p_flip=self.flip_prob)
         else:
             clip = eval_transform(frames, self.size, mean=self.mean, std=self.std)
         return {"video": clip, "label": self.samples[tried][1], "video_index": tried, "view_index": 0,
@@ -161,14 +162,15 @@ def build_train_loader(samples: list[Sample], data_root, *, batch_size: int, num
                        size: int = 224, num_workers: int = 0, seed: int = 0, rank: int | None = None,
                        world_size: int | None = None,
                        backend: str = "decord", strict: bool = False, drop_last: bool = False,
-                       pin_memory: bool = False, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> VideoLoader:
+                       pin_memory: bool = False, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                       flip_prob: float = 0.5) -> VideoLoader:
     """Shuffled, augmented, rank-sharded training loader (resumable through ``loader.sampler.state_dict``).
 
     ``rank``/``world_size`` default to those of the initialised process group (torchrun), else 0 and 1.
     """
     rank, world_size = rank_and_world(rank, world_size)
     dataset = VideoDataset(samples, data_root, num_frames=num_frames, size=size, train=True, backend=backend,
-                           strict=strict, seed=seed, mean=mean, std=std)
+                           strict=strict, seed=seed, mean=mean, std=std, flip_prob=flip_prob)
     sampler = TrainSampler(len(dataset), seed=seed, rank=rank, world_size=world_size)
     return VideoLoader(dataset, sampler, batch_size=batch_size, num_workers=num_workers, drop_last=drop_last,
                        pin_memory=pin_memory)

@@ -69,6 +69,7 @@ DEFAULTS: dict = {
         "num_workers": 4,
         "strict": False,  # True: an unreadable video stops the run instead of being replaced
         "augment": True,  # the paper's augmentation; the synthetic set turns it off (flips reverse directions)
+        "flip_prob": 0.5,  # the paper's; 0 keeps the rest of the augmentation where a flip changes the class
     },
     "eval": {
         "batch_size": 16,

@@ -38,9 +38,11 @@ def train_loader(samples: list[Sample], data_root, cfg: dict, info: DistInfo, *,
     if use_dali(cfg, info):
         return DaliVideoLoader(samples, data_root, batch_size=batch_size, num_frames=m["num_frames"],
                                size=m["image_size"], train=True, seed=seed, rank=info.rank,
-                               world_size=info.world_size, device="cuda", strict=d["strict"], augment=d["augment"])
+                               world_size=info.world_size, device="cuda", strict=d["strict"], augment=d["augment"],
+                               flip_prob=d["flip_prob"])
     dataset = VideoDataset(samples, data_root, num_frames=m["num_frames"], size=m["image_size"], train=True,
-                           backend=d["backend"], strict=d["strict"], seed=seed, augment=d["augment"])
+                           backend=d["backend"], strict=d["strict"], seed=seed, augment=d["augment"],
+                           flip_prob=d["flip_prob"])
     sampler = TrainSampler(len(dataset), seed=seed, rank=info.rank, world_size=info.world_size)
     return VideoLoader(dataset, sampler, batch_size=batch_size, num_workers=d["num_workers"],
                        pin_memory=info.device.type == "cuda")
