@@ -24,7 +24,7 @@ traces through them.
 
 import torch
 
-from msta_fast.adapters.functional import msta_adapter_ref
+from msta_fast.adapters.functional import check_call, msta_adapter_ref
 from msta_fast.kernels.adapter_hidden import dropout_keep, hidden_bwd, hidden_fwd
 from msta_fast.kernels.runtime import check_device
 from msta_fast.kernels.temporal_dwconv import LAYOUT_CODES, up_tconv_bwd, up_tconv_fwd
@@ -154,13 +154,7 @@ def msta_adapter_triton(
     """
     check_device(x)
     B, L, C = x.shape
-    if layout not in LAYOUT_CODES:
-        raise ValueError(f"unknown token layout {layout!r}; expected one of {tuple(LAYOUT_CODES)}")
-    if conv_w is not None:
-        if grid is None:
-            raise ValueError("the temporal path needs the (T, H, W) grid of the patch tokens")
-        if any(k % 2 == 0 for k in conv_w.shape[2:]):
-            raise ValueError(f"the temporal convolution needs odd kernel sizes, got {tuple(conv_w.shape[2:])}")
+    check_call(layout, conv_w, grid)
     grid = tuple(grid) if grid is not None else (1, 1, 1)
     p = float(dropout_p) if training else 0.0
     if p > 0 and seed is None:

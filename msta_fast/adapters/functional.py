@@ -102,6 +102,17 @@ def temporal_dwconv_ref(
     return grid_to_tokens(out, layout)
 
 
+def check_call(layout: str, conv_w: torch.Tensor | None, grid: tuple[int, int, int] | None) -> None:
+    """The argument checks every implementation of the op shares (reference, Triton, extension)."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown token layout {layout!r}; expected one of {LAYOUTS}")
+    if conv_w is not None:
+        if grid is None:
+            raise ValueError("the temporal path needs the (T, H, W) grid of the patch tokens")
+        if any(k % 2 == 0 for k in conv_w.shape[2:]):
+            raise ValueError(f"the temporal convolution needs odd kernel sizes, got {tuple(conv_w.shape[2:])}")
+
+
 def adapter_hidden_ref(
     x: torch.Tensor,
     down_w: torch.Tensor,
@@ -151,12 +162,11 @@ def msta_adapter_ref(
     x: (B, L, C) normalised block input. The video tower passes ``conv_w`` and ``grid``
     (T, H, W); the text tower passes neither. Returns (B, L, C).
     """
+    check_call(layout, conv_w, grid)
     x = scale_adapter_input(x, scale, grad_scale)
     h = adapter_hidden_ref(x, down_w, down_b, shared_w, shared_b, dropout_p, training, dropout_mask)
     u = F.linear(h, up_w, up_b)
     if conv_w is not None:
-        if grid is None:
-            raise ValueError("the temporal path needs the (T, H, W) grid of the patch tokens")
         start = 1 if has_cls else 0
         tconv = temporal_dwconv_ref(u[:, start:], conv_w, conv_b, grid, layout)
         u = torch.cat([u[:, :start], u[:, start:] + tconv], dim=1)

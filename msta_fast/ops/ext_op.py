@@ -13,6 +13,7 @@ import threading
 
 import torch
 
+from msta_fast.adapters.functional import check_call
 from msta_fast.ops import extension
 
 LAYOUT_CODES = {"viclip": 0, "frames": 1}
@@ -106,10 +107,7 @@ def msta_adapter_ext(
     """``residual + s * A(x)`` with the extension. x: (B, L, C) -> (B, L, C). Semantics of ``msta_adapter_ref``."""
     _register()
     B, L, C = x.shape
-    if layout not in LAYOUT_CODES:
-        raise ValueError(f"unknown token layout {layout!r}; expected one of {tuple(LAYOUT_CODES)}")
-    if conv_w is not None and grid is None:
-        raise ValueError("the temporal path needs the (T, H, W) grid of the patch tokens")
+    check_call(layout, conv_w, grid)
     p = float(dropout_p) if training else 0.0
     keep = None
     if p > 0:
