@@ -1,4 +1,5 @@
-"""Backend selection for the MSTA adapter op: the one place where the adapter modules reach the fast ops.
+"""Backend selection for the MSTA adapter op (and M2-CLIP's :func:`temporal_dwconv`): the one place where
+the adapter modules reach the fast ops.
 
 ``MSTA_FAST_BACKEND`` (or :func:`set_backend`) picks:
 
@@ -24,7 +25,7 @@ import os
 
 import torch
 
-from msta_fast.adapters.functional import msta_adapter_ref
+from msta_fast.adapters.functional import msta_adapter_ref, temporal_dwconv_ref
 
 BACKENDS = ("auto", "triton", "ext", "torch")
 _backend: str | None = None
@@ -54,8 +55,8 @@ def _log_once(key: str, message: str) -> None:
         logger.warning(message)
 
 
-def _triton_problem(x: torch.Tensor, down_w: torch.Tensor) -> str | None:
-    """Why the Triton kernels cannot run this call, or None."""
+def _triton_problem(x: torch.Tensor, down_w: torch.Tensor | None) -> str | None:
+    """Why the Triton kernels cannot run this call, or None (``down_w`` None: no adapter-dim limit)."""
     if _triton_failure is not None:
         return f"they failed earlier in this process ({_triton_failure})"
     try:
@@ -70,7 +71,7 @@ def _triton_problem(x: torch.Tensor, down_w: torch.Tensor) -> str | None:
         return "the tensors are on the CPU and TRITON_INTERPRET is not set"
     if x.is_cuda and torch.cuda.get_device_capability(x.device) < (8, 0):
         return f"the GPU (compute capability {torch.cuda.get_device_capability(x.device)}) is older than sm_80"
-    if down_w.shape[0] > 256:
+    if down_w is not None and down_w.shape[0] > 256:
         return f"adapter dim {down_w.shape[0]} > 256"
     return None
 
@@ -163,3 +164,44 @@ def msta_adapter(x, down_w, down_b, shared_w, shared_b, up_w, up_b, conv_w=None,
     if residual is not None and not fuse_residual:
         out = residual + out
     return out
+
+
+def temporal_dwconv(u_patch, weight, bias, grid, layout="viclip"):
+    """Depthwise 3-D convolution of patch tokens: signature and semantics of
+    :func:`msta_fast.adapters.functional.temporal_dwconv_ref` (M2-CLIP's TConv, the convolution alone).
+
+    Backends, as :func:`msta_adapter`'s: ``triton`` runs :mod:`msta_fast.kernels.token_dwconv`
+    (CUDA tensors, or CPU tensors under the interpreter) and raises if it cannot; ``auto`` runs it on
+    CUDA tensors and falls back to the reference otherwise (so ``auto`` on the CPU stays on the
+    reference) or after a Triton failure; ``torch`` is the reference. The C++ extension does not
+    implement this op: under ``ext`` (and wherever ``auto`` would pick the extension) the reference
+    runs. Under autocast the inputs are cast to the autocast dtype first, as ``conv3d`` would.
+    """
+    name = get_backend()
+    use_triton = False
+    if name == "triton":
+        problem = _triton_problem(u_patch, None)
+        if problem:
+            raise RuntimeError(f"MSTA_FAST_BACKEND=triton cannot run: {problem}")
+        use_triton = True
+    elif name == "auto" and u_patch.is_cuda:
+        problem = _triton_problem(u_patch, None)
+        if problem is None:
+            use_triton = True
+        else:
+            _log_once("triton-dwconv", f"msta_fast: Triton kernels not used ({problem}); using the PyTorch reference")
+    if not use_triton:
+        return temporal_dwconv_ref(u_patch, weight, bias, grid, layout)
+    from msta_fast.kernels.token_dwconv import token_dwconv_triton
+
+    u, w, b = _autocast_cast([u_patch, weight, bias], u_patch.device.type)
+    with torch.autocast(u_patch.device.type, enabled=False):
+        try:
+            return token_dwconv_triton(u, w, b, grid, layout)
+        except (RuntimeError, ImportError) as err:
+            if name != "auto":
+                raise
+            global _triton_failure
+            _triton_failure = f"{type(err).__name__}: {str(err)[:300]}"
+            _log_once("triton-failed", f"msta_fast: Triton kernels failed ({_triton_failure}); falling back")
+            return temporal_dwconv_ref(u_patch, weight, bias, grid, layout)

@@ -1,0 +1,172 @@
+"""Parity of the standalone Triton depthwise token convolution (M2-CLIP's TConv) with the PyTorch
+reference, forward and all gradients, in both token layouts; and of a patched M2-CLIP model under the
+``torch`` and ``triton`` backends.
+
+Without a GPU the kernels run in Triton's interpreter on CPU tensors; shapes are small and awkward
+(odd H*W, channel counts that are no multiple of the blocks, T = 1).
+"""
+
+import pytest
+import torch
+from conftest import relative_error
+
+import msta_fast
+from msta_fast.adapters.functional import temporal_dwconv_ref
+from msta_fast.kernels import INTERPRET
+from msta_fast.kernels.token_dwconv import token_dwconv_triton
+from msta_fast.ops import set_backend, temporal_dwconv
+
+DEVICE = "cpu" if INTERPRET else "cuda"
+TOLERANCE = {torch.float32: 1e-5, torch.float16: 1e-2}
+KERNELS = [(3, 1, 1), (1, 3, 3), (3, 3, 3)]
+# (batch, grid (T, H, W), channels)
+SHAPES = {
+    "T8-HW9-C40": (2, (8, 3, 3), 40),
+    "T1-HW15-C16": (3, (1, 3, 5), 16),
+    "T2-HW7-C384": (1, (2, 7, 1), 384),
+}
+
+
+@pytest.fixture(autouse=True)
+def exact_fp32_reference():
+    """On a GPU the fp32 reference must not use tf32 (cuDNN's conv3d does by default): parity is 1e-5."""
+    saved = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32 = saved
+    set_backend(None)
+
+
+def token_shape(batch, grid, channels, layout):
+    T, H, W = grid
+    return (batch, H * W * T, channels) if layout == "viclip" else (batch * T, H * W, channels)
+
+
+def make_inputs(batch, grid, channels, kernel, layout, dtype, bias=True):
+    u = torch.randn(*token_shape(batch, grid, channels, layout), device=DEVICE, dtype=dtype)
+    w = (torch.randn(channels, 1, *kernel, device=DEVICE) / kernel[0]).to(dtype)
+    b = torch.randn(channels, device=DEVICE, dtype=dtype) if bias else None
+    return u, w, b
+
+
+def forward_and_grads(fn, u, w, b, grid, layout, grad, dtype=None):
+    """Output and gradients of ``fn`` (inputs cast to ``dtype`` when given, leaves re-created)."""
+    leaves = [t.detach().to(dtype or t.dtype).requires_grad_() if t is not None else None for t in (u, w, b)]
+    y = fn(*leaves, grid, layout)
+    inputs = [t for t in leaves if t is not None]
+    grads = torch.autograd.grad(y, inputs, grad.to(y.dtype))
+    return [y, *grads]
+
+
+def assert_parity(got, want, tol, names=("out", "du", "dw", "db")):
+    assert len(got) == len(want) == len(names)
+    assert all(g.shape == w.shape for g, w in zip(got, want, strict=True))
+    errors = {n: relative_error(g, w) for n, g, w in zip(names, got, want, strict=True)}
+    assert all(e < tol for e in errors.values()), errors
+
+
+PARAMS = [
+    pytest.param(shape, kernel, layout, torch.float32, id=f"{layout}-{shape}-k{''.join(map(str, kernel))}-fp32")
+    for layout in ("viclip", "frames") for shape in SHAPES for kernel in KERNELS
+] + [
+    pytest.param(shape, kernel, layout, torch.float16, id=f"{layout}-{shape}-k{''.join(map(str, kernel))}-fp16")
+    for layout in ("viclip", "frames") for shape in ("T8-HW9-C40", "T2-HW7-C384") for kernel in KERNELS
+]
+
+
+@pytest.mark.parametrize("shape, kernel, layout, dtype", PARAMS)
+def test_triton_matches_reference(shape, kernel, layout, dtype):
+    batch, grid, channels = SHAPES[shape]
+    u, w, b = make_inputs(batch, grid, channels, kernel, layout, dtype)
+    grad = torch.randn_like(u, dtype=torch.float32)
+    got = forward_and_grads(token_dwconv_triton, u, w, b, grid, layout, grad)
+    want = forward_and_grads(temporal_dwconv_ref, u, w, b, grid, layout, grad, dtype=torch.float64)
+    assert all(g.dtype == dtype for g in got)
+    assert_parity(got, want, TOLERANCE[dtype])
+
+
+@pytest.mark.parametrize("layout", ["viclip", "frames"])
+def test_dispatch_runs_the_kernel_on_a_strided_slice_without_bias(layout):
+    """The TED-Adapter passes ``a[:, 1:]`` (a class token dropped): a strided view, read in place."""
+    grid, channels, kernel = (2, 3, 3), 24, (3, 3, 3)
+    full = torch.randn(*token_shape(2, grid, channels, layout), device=DEVICE)
+    full = torch.cat([torch.randn_like(full[:, :1]), full], dim=1)
+    u = full[:, 1:]
+    assert not u.is_contiguous()
+    _, w, _ = make_inputs(2, grid, channels, kernel, layout, torch.float32, bias=False)
+    grad = torch.randn_like(u)
+    set_backend("triton")
+    got = forward_and_grads(temporal_dwconv, u, w, None, grid, layout, grad)
+    want = forward_and_grads(temporal_dwconv_ref, u, w, None, grid, layout, grad, dtype=torch.float64)
+    assert_parity(got, want, 1e-5, names=("out", "du", "dw"))
+
+
+def test_auto_on_the_cpu_stays_on_the_reference(monkeypatch):
+    import msta_fast.kernels.token_dwconv as kernel_module
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("auto must not run the Triton kernel on CPU tensors")
+
+    monkeypatch.setattr(kernel_module, "token_dwconv_triton", refuse)
+    set_backend("auto")
+    u, w, b = make_inputs(1, (2, 2, 2), 8, (3, 1, 1), "viclip", torch.float32)
+    torch.testing.assert_close(temporal_dwconv(u.cpu(), w.cpu(), b.cpu(), (2, 2, 2), "viclip"),
+                               temporal_dwconv_ref(u.cpu(), w.cpu(), b.cpu(), (2, 2, 2), "viclip"))
+
+
+def test_bad_arguments_are_refused():
+    u, w, b = make_inputs(1, (2, 2, 2), 8, (3, 1, 1), "viclip", torch.float32)
+    with pytest.raises(ValueError, match="odd kernel sizes"):
+        token_dwconv_triton(u, torch.randn(8, 1, 2, 1, 1, device=DEVICE), b, (2, 2, 2), "viclip")
+    with pytest.raises(ValueError, match="do not fit"):
+        token_dwconv_triton(u, w, b, (2, 2, 3), "viclip")
+    with pytest.raises(ValueError, match="unknown token layout"):
+        token_dwconv_triton(u, w, b, (2, 2, 2), "grid")
+    with pytest.raises(ValueError, match="depthwise weight"):
+        token_dwconv_triton(u, torch.randn(4, 1, 3, 1, 1, device=DEVICE), b, (2, 2, 2), "viclip")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(),
+                    reason="bf16 needs a CUDA GPU (bf16 is not exact in Triton's interpreter)")
+@pytest.mark.parametrize("layout", ["viclip", "frames"])
+@pytest.mark.parametrize("kernel", KERNELS, ids=lambda k: "k" + "".join(map(str, k)))
+def test_triton_bf16_error_is_within_twice_pytorch_bf16_error(layout, kernel):
+    batch, grid, channels = 2, (8, 7, 7), 384
+    u, w, b = make_inputs(batch, grid, channels, kernel, layout, torch.bfloat16)
+    grad = torch.randn_like(u, dtype=torch.float32)
+    got = forward_and_grads(token_dwconv_triton, u, w, b, grid, layout, grad)
+    torch_bf16 = forward_and_grads(temporal_dwconv_ref, u, w, b, grid, layout, grad)
+    want = forward_and_grads(temporal_dwconv_ref, u, w, b, grid, layout, grad, dtype=torch.float64)
+    for name, g, t, r in zip(("out", "du", "dw", "db"), got, torch_bf16, want, strict=True):
+        assert relative_error(g, r) <= 2 * relative_error(t, r) + 1e-3, name
+
+
+def test_patched_m2clip_model_matches_between_torch_and_triton_backends(monkeypatch):
+    import msta_fast.kernels.token_dwconv as kernel_module
+
+    calls = []
+    kernel = kernel_module.token_dwconv_triton
+    monkeypatch.setattr(kernel_module, "token_dwconv_triton", lambda *a: calls.append(a[3]) or kernel(*a))
+    model = msta_fast.build_viclip("viclip-tiny", num_frames=2).to(DEVICE)
+    msta_fast.patch(model, "m2clip", dim=16, pre_attn=True, towers=("vision",))
+    with torch.no_grad():
+        for p in msta_fast.adapter_parameters(model).values():
+            p.normal_(std=0.1)
+    video = torch.randn(2, 2, 3, 32, 32, device=DEVICE)
+    results = {}
+    for backend in ("torch", "triton"):
+        set_backend(backend)
+        model.zero_grad(set_to_none=True)
+        out = model.encode_video(video)
+        out.square().mean().backward()
+        grads = {n: p.grad.detach().clone() for n, p in msta_fast.adapter_parameters(model).items()}
+        results[backend] = out.detach(), grads
+        if backend == "torch":
+            assert not calls
+    # Two blocks x two places x (TConv on the patch slice, SConv on the time differences).
+    assert len(calls) == 8
+    (out_t, grads_t), (out_k, grads_k) = results["torch"], results["triton"]
+    assert relative_error(out_k, out_t) < 1e-5
+    assert grads_t.keys() == grads_k.keys() and any("conv" in n for n in grads_t)
+    for name in grads_t:
+        assert relative_error(grads_k[name], grads_t[name]) < 1e-5, name
