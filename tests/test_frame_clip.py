@@ -77,3 +77,14 @@ def test_build_frame_clip_from_open_clip_name():
     assert isinstance(model.clip, open_clip.CLIP)
     assert model.context_length == 32
     assert sum(p.numel() for p in model.clip.visual.parameters()) > 80e6
+
+
+def test_open_clip_weights_with_plain_gelu(tmp_path, viclip):
+    torch.save(viclip_to_open_clip(viclip.state_dict()), tmp_path / "laion.pt")
+    quick = msta_fast.load_frame_clip(tmp_path / "laion.pt")
+    plain = msta_fast.load_frame_clip(tmp_path / "laion.pt", quick_gelu=False)
+    assert type(quick.clip.visual.transformer.resblocks[0].mlp.gelu).__name__ == "QuickGELU"
+    assert isinstance(plain.clip.visual.transformer.resblocks[0].mlp.gelu, torch.nn.GELU)
+    video = torch.randn(1, 2, 3, 32, 32)
+    with torch.no_grad():
+        assert (quick.encode_video(video) - plain.encode_video(video)).abs().max() > 1e-4

@@ -93,9 +93,12 @@ def viclip_to_open_clip(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def clip_from_state_dict(sd: dict[str, torch.Tensor], source: str = "state dict") -> open_clip.CLIP:
-    """An open_clip CLIP (QuickGELU, fp32) whose ViT architecture is read off an OpenAI-format state
-    dict (heads = width / 64, as in every OpenAI model); keys must match exactly."""
+def clip_from_state_dict(
+    sd: dict[str, torch.Tensor], source: str = "state dict", quick_gelu: bool = True
+) -> open_clip.CLIP:
+    """An open_clip CLIP (fp32) whose ViT architecture is read off an OpenAI-format state dict (heads =
+    width / 64, as in every OpenAI model); keys must match exactly. The activation cannot be read off
+    the weights: OpenAI's and ViCLIP's use QuickGELU, open_clip's own (LAION, DataComp) plain GELU."""
     try:
         vision_width = sd["visual.conv1.weight"].shape[0]
         patch = sd["visual.conv1.weight"].shape[-1]
@@ -118,7 +121,7 @@ def clip_from_state_dict(sd: dict[str, torch.Tensor], source: str = "state dict"
         embed_dim = sd["text_projection"].shape[1]
     except KeyError as e:
         raise CheckpointMismatchError(source, [e.args[0]], []) from None
-    model = open_clip.CLIP(embed_dim, vision_cfg, text_cfg, quick_gelu=True)
+    model = open_clip.CLIP(embed_dim, vision_cfg, text_cfg, quick_gelu=quick_gelu)
     check_keys(model, sd, source)
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in sd.items()})
     return model.eval()
@@ -144,11 +147,12 @@ def frame_clip_from_viclip(viclip: nn.Module) -> FrameCLIP:
     return FrameCLIP(clip_from_state_dict(sd, "ViCLIP model"), pixel_stats="imagenet")
 
 
-def load_frame_clip(path: str | Path) -> FrameCLIP:
+def load_frame_clip(path: str | Path, quick_gelu: bool = True) -> FrameCLIP:
     """Frame-wise CLIP from an OpenAI / open_clip state dict or a ViCLIP checkpoint.
 
     A ViCLIP checkpoint keeps ViCLIP's ImageNet input statistics and context 32; OpenAI weights
-    expect CLIP's statistics (the input is re-normalised inside).
+    expect CLIP's statistics (the input is re-normalised inside). Pass ``quick_gelu=False`` for
+    open_clip's own (non-OpenAI) ViT-B/16 weights, which were trained with plain GELU.
     """
     path = Path(path)
     try:
@@ -160,4 +164,4 @@ def load_frame_clip(path: str | Path) -> FrameCLIP:
         return FrameCLIP(clip_from_state_dict(viclip_to_open_clip(sd), str(path)), pixel_stats="imagenet")
     # OpenAI's files carry three scalar tensors that are not weights.
     sd = {k: v for k, v in sd.items() if k not in ("input_resolution", "context_length", "vocab_size")}
-    return FrameCLIP(clip_from_state_dict(sd, str(path)), pixel_stats="clip")
+    return FrameCLIP(clip_from_state_dict(sd, str(path), quick_gelu), pixel_stats="clip")
