@@ -64,7 +64,7 @@ def _token_coords(rows, L, T, W, HAS_CLS: tl.constexpr, LAYOUT: tl.constexpr):
 
 
 @triton.jit
-def _neighbour(rows, t, hh, ww, is_patch, ST, SH, SW, T, H, W, ot, oh, ow):
+def neighbour_row(rows, t, hh, ww, is_patch, ST, SH, SW, T, H, W, ot, oh, ow):
     """Row of the grid neighbour at offset (ot, oh, ow) and whether it exists."""
     tn = t + ot
     hn = hh + oh
@@ -121,7 +121,7 @@ def _up_tconv_fwd_kernel(
                     if (kt == KT // 2) and (kh == KH // 2) and (kw == KW // 2):
                         un = u
                     else:
-                        nrows, valid = _neighbour(rows, t, hh, ww, is_patch, ST, SH, SW, T, H, W,
+                        nrows, valid = neighbour_row(rows, t, hh, ww, is_patch, ST, SH, SW, T, H, W,
                                                   kt - KT // 2, kh - KH // 2, kw - KW // 2)
                         un = _up_rows(h_ptr, nrows, valid, rr, R, wut, bu, PRECISION, HAS_BU)
                     conv += un * wtap[None, :]
@@ -177,12 +177,12 @@ def _up_tconv_bwd_kernel(
                 ow = kw - KW // 2
                 wtap = tl.load(cw_ptr + cols * (KT * KH * KW) + tap, mask=col_ok, other=0.0).to(tl.float32)
                 # Transposed convolution: token q receives w[k] * gA[p] from p = nb(q, -k).
-                srows, svalid = _neighbour(rows, t, hh, ww, is_patch, ST, SH, SW, T, H, W, -ot, -oh, -ow)
+                srows, svalid = neighbour_row(rows, t, hh, ww, is_patch, ST, SH, SW, T, H, W, -ot, -oh, -ow)
                 gs = tl.load(g_ptr + srows[:, None] * C + cols[None, :], mask=svalid[:, None] & col_ok[None, :],
                              other=0.0).to(tl.float32) * gscale
                 du += gs * wtap[None, :]
                 # Weight gradient: needs u at the forward neighbour nb(p, k), recomputed from h.
-                nrows, nvalid = _neighbour(rows, t, hh, ww, is_patch, ST, SH, SW, T, H, W, ot, oh, ow)
+                nrows, nvalid = neighbour_row(rows, t, hh, ww, is_patch, ST, SH, SW, T, H, W, ot, oh, ow)
                 un = _up_rows(h_ptr, nrows, nvalid, rr, R, wut, bu, PRECISION, HAS_BU)
                 tl.atomic_add(dcw_ptr + tap * C + cols, tl.sum(ga_patch * un, axis=0), mask=col_ok)
     if HAS_CB:

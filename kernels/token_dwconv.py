@@ -32,6 +32,7 @@ import triton.language as tl
 
 from msta_fast.adapters.functional import check_call, temporal_dwconv_ref
 from msta_fast.kernels.runtime import check_device, maybe_autotune, small_tiles_when
+from msta_fast.kernels.temporal_dwconv import neighbour_row, row_strides
 
 __all__ = ["temporal_dwconv_ref", "token_dwconv_triton", "token_dwconv_fwd", "token_dwconv_bwd"]
 
@@ -64,16 +65,6 @@ def _coords(rows, N, T, W, LAYOUT: tl.constexpr):
     return t, n // W, n % W
 
 
-@triton.jit
-def _shift(rows, t, hh, ww, row_ok, ST, SH, SW, T, H, W, ot, oh, ow):
-    """Row of the grid neighbour at offset (ot, oh, ow) and whether it exists."""
-    tn = t + ot
-    hn = hh + oh
-    wn = ww + ow
-    valid = row_ok & (tn >= 0) & (tn < T) & (hn >= 0) & (hn < H) & (wn >= 0) & (wn < W)
-    return tl.where(valid, rows + ot * ST + oh * SH + ow * SW, 0), valid
-
-
 @maybe_autotune(_CONFIGS, key=["C", "KT", "KH", "KW"], prune_configs_by=_PRUNE)
 @triton.jit
 def _token_dwconv_fwd_kernel(
@@ -96,7 +87,7 @@ def _token_dwconv_fwd_kernel(
             for kw in tl.static_range(KW):
                 tap = (kt * KH + kh) * KW + kw
                 wtap = tl.load(w_ptr + cols * (KT * KH * KW) + tap, mask=col_ok, other=0.0).to(tl.float32)
-                nrows, valid = _shift(rows, t, hh, ww, row_ok, ST, SH, SW, T, H, W,
+                nrows, valid = neighbour_row(rows, t, hh, ww, row_ok, ST, SH, SW, T, H, W,
                                       kt - KT // 2, kh - KH // 2, kw - KW // 2)
                 addr = (nrows // N) * su_b + (nrows % N) * su_n
                 un = tl.load(u_ptr + addr[:, None] + cols[None, :], mask=valid[:, None] & col_ok[None, :],
@@ -138,12 +129,12 @@ def _token_dwconv_bwd_kernel(
                 if NEED_DU:
                     # Transposed convolution: token q receives w[k] * gy[p] from p = nb(q, -k).
                     wtap = tl.load(w_ptr + cols * (KT * KH * KW) + tap, mask=col_ok, other=0.0).to(tl.float32)
-                    srows, svalid = _shift(rows, t, hh, ww, row_ok, ST, SH, SW, T, H, W, -ot, -oh, -ow)
+                    srows, svalid = neighbour_row(rows, t, hh, ww, row_ok, ST, SH, SW, T, H, W, -ot, -oh, -ow)
                     gs = tl.load(g_ptr + srows[:, None] * C + cols[None, :], mask=svalid[:, None] & col_ok[None, :],
                                  other=0.0).to(tl.float32)
                     du += gs * wtap[None, :]
                 if NEED_DW:
-                    nrows, nvalid = _shift(rows, t, hh, ww, row_ok, ST, SH, SW, T, H, W, ot, oh, ow)
+                    nrows, nvalid = neighbour_row(rows, t, hh, ww, row_ok, ST, SH, SW, T, H, W, ot, oh, ow)
                     addr = (nrows // N) * su_b + (nrows % N) * su_n
                     un = tl.load(u_ptr + addr[:, None] + cols[None, :], mask=nvalid[:, None] & col_ok[None, :],
                                  other=0.0).to(tl.float32)
@@ -152,12 +143,6 @@ def _token_dwconv_bwd_kernel(
         tl.atomic_add(db_ptr + cols, tl.sum(g, axis=0), mask=col_ok)
     if NEED_DU:
         tl.store(du_ptr + rows[:, None] * C + cols[None, :], du.to(du_ptr.dtype.element_ty), mask=mask)
-
-
-def row_strides(tokens: int, grid: tuple[int, int, int], layout: str) -> tuple[int, int, int]:
-    """Rows between grid neighbours along t, h, w: (1, W*T, T) for "viclip", (N, W, 1) for "frames"."""
-    T, _, W = grid
-    return (1, W * T, T) if layout == "viclip" else (tokens, W, 1)
 
 
 def _launch_meta(kernel) -> dict:
