@@ -19,14 +19,7 @@ from msta_fast.ops import extension
 from msta_fast.ops.ext_op import ext_dropout_keep, msta_adapter_ext
 from msta_fast.ops.parity import TOLERANCE, AdapterCase, assert_close, forward_and_grads, make_inputs
 
-
-@pytest.fixture(autouse=True)
-def exact_fp32_reference():
-    """On a GPU the fp32 reference must not use tf32 (cuDNN's conv3d does by default): parity is 1e-5."""
-    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    yield
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+pytestmark = pytest.mark.usefixtures("exact_fp32_reference")
 
 
 CASES = {

@@ -28,12 +28,9 @@ SHAPES = {
 
 
 @pytest.fixture(autouse=True)
-def exact_fp32_reference():
-    """On a GPU the fp32 reference must not use tf32 (cuDNN's conv3d does by default): parity is 1e-5."""
-    saved = torch.backends.cudnn.allow_tf32
-    torch.backends.cudnn.allow_tf32 = False
+def restore_backend(exact_fp32_reference):
+    """tf32 off for the fp32 reference (conftest), and the default backend back after each test."""
     yield
-    torch.backends.cudnn.allow_tf32 = saved
     set_backend(None)
 
 

@@ -16,13 +16,7 @@ from msta_fast.ops.parity import TOLERANCE, AdapterCase, assert_close, forward_a
 
 DEVICE = "cpu" if INTERPRET else "cuda"
 
-@pytest.fixture(autouse=True)
-def exact_fp32_reference():
-    """On a GPU the fp32 reference must not use tf32 (cuDNN's conv3d does by default): parity is 1e-5."""
-    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    yield
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+pytestmark = pytest.mark.usefixtures("exact_fp32_reference")
 
 
 CASES = {
