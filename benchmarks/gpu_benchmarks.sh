@@ -21,7 +21,8 @@ stamp="$(date -u +%Y%m%d-%H%M%S)"
 MSTA_FAST_EXT_CUDA=1 "$PYTHON" -m msta_fast.ops.extension
 
 # GPU parity first: numbers from wrong kernels are worthless.
-"$PYTHON" -m pytest -q -p no:cacheprovider tests/test_kernels_triton.py tests/test_extension.py tests/test_dispatch.py \
+"$PYTHON" -m pytest -q -p no:cacheprovider tests/test_kernels_triton.py tests/test_kernels_token_dwconv.py tests/test_extension.py \
+  tests/test_dispatch.py \
   2>&1 | tee "benchmarks/results/gpu-parity-${stamp}.log"
 
 "$PYTHON" -m pytest benchmarks --benchmark-only -q -p no:cacheprovider \

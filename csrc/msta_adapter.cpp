@@ -17,27 +17,27 @@ namespace msta {
 namespace {
 
 TokenGrid make_grid(const at::Tensor& u, const at::Tensor& conv_w, at::IntArrayRef grid, int64_t layout, bool has_cls,
-                    int64_t tokens) {
+                    int64_t tokens, bool identity) {
   TORCH_CHECK(grid.size() == 3, "msta_fast_ext: grid must be (T, H, W), got ", grid.size(), " values");
   TORCH_CHECK(conv_w.dim() == 5 && conv_w.size(1) == 1, "msta_fast_ext: conv weight must be (C, 1, kT, kH, kW)");
   TORCH_CHECK(layout == 0 || layout == 1, "msta_fast_ext: layout must be 0 (viclip) or 1 (frames)");
   return TokenGrid{u.size(0), u.size(1), tokens, grid[0], grid[1], grid[2], conv_w.size(2), conv_w.size(3),
-                   conv_w.size(4), layout, has_cls ? 1 : 0};
+                   conv_w.size(4), layout, has_cls ? 1 : 0, identity ? 1 : 0};
 }
 
 }  // namespace
 
 at::Tensor tconv_fwd(const at::Tensor& u, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
-                     at::IntArrayRef grid, int64_t layout, bool has_cls, int64_t tokens) {
-  const auto g = make_grid(u, weight, grid, layout, has_cls, tokens);
+                     at::IntArrayRef grid, int64_t layout, bool has_cls, int64_t tokens, bool identity) {
+  const auto g = make_grid(u, weight, grid, layout, has_cls, tokens, identity);
   auto uc = u.contiguous();
   return u.is_cuda() ? tconv_fwd_cuda(uc, weight, bias, g) : tconv_fwd_cpu(uc, weight, bias, g);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> tconv_bwd(const at::Tensor& grad, const at::Tensor& u,
                                                          const at::Tensor& weight, at::IntArrayRef grid, int64_t layout,
-                                                         bool has_cls, int64_t tokens) {
-  const auto g = make_grid(u, weight, grid, layout, has_cls, tokens);
+                                                         bool has_cls, int64_t tokens, bool identity) {
+  const auto g = make_grid(u, weight, grid, layout, has_cls, tokens, identity);
   auto gc = grad.contiguous();
   auto uc = u.contiguous();
   return u.is_cuda() ? tconv_bwd_cuda(gc, uc, weight, g) : tconv_bwd_cpu(gc, uc, weight, g);
@@ -56,7 +56,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> adapter_fwd(
   auto h = at::relu(at::linear(z1, shared_w, shared_b));
   if (keep.has_value()) h = h * keep->to(h.scalar_type()) * (1.0 / (1.0 - dropout_p));
   auto a = at::linear(h, up_w, up_b);
-  if (conv_w.has_value()) a = tconv_fwd(a, *conv_w, conv_b, grid, layout, has_cls, tokens);
+  if (conv_w.has_value()) a = tconv_fwd(a, *conv_w, conv_b, grid, layout, has_cls, tokens, true);
   auto out = residual.has_value() ? at::add(*residual, a, scale) : a * scale;
   return {out, z1, h};
 }
@@ -78,7 +78,7 @@ std::vector<at::Tensor> adapter_bwd(
   at::Tensor du = ga, dconv_w = empty(), dconv_b = empty();
   if (conv_w.has_value()) {
     auto u = at::linear(h, up_w, up_b);  // recomputed: cheaper than keeping (tokens, C) alive
-    auto [du_, dw, db] = tconv_bwd(ga, u, *conv_w, grid, layout, has_cls, tokens);
+    auto [du_, dw, db] = tconv_bwd(ga, u, *conv_w, grid, layout, has_cls, tokens, true);
     du = du_;
     dconv_w = dw.reshape(conv_w->sizes()).to(conv_w->scalar_type());
     if (has_conv_b) dconv_b = db.to(conv_w->scalar_type());
@@ -104,10 +104,12 @@ std::vector<at::Tensor> adapter_bwd(
 }  // namespace msta
 
 TORCH_LIBRARY(msta_fast_ext, m) {
-  m.def("tconv_fwd(Tensor u, Tensor weight, Tensor? bias, int[] grid, int layout, bool has_cls, int tokens) -> Tensor");
   m.def(
-      "tconv_bwd(Tensor grad, Tensor u, Tensor weight, int[] grid, int layout, bool has_cls, int tokens)"
-      " -> (Tensor, Tensor, Tensor)");
+      "tconv_fwd(Tensor u, Tensor weight, Tensor? bias, int[] grid, int layout, bool has_cls, int tokens,"
+      " bool identity=True) -> Tensor");
+  m.def(
+      "tconv_bwd(Tensor grad, Tensor u, Tensor weight, int[] grid, int layout, bool has_cls, int tokens,"
+      " bool identity=True) -> (Tensor, Tensor, Tensor)");
   m.def(
       "adapter_fwd(Tensor x, Tensor down_w, Tensor? down_b, Tensor shared_w, Tensor? shared_b, Tensor up_w,"
       " Tensor? up_b, Tensor? conv_w, Tensor? conv_b, Tensor? residual, Tensor? keep, float scale,"

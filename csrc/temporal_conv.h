@@ -1,6 +1,7 @@
 // Device-specific implementations of the temporal depthwise convolution in token layout.
 //   forward:  A = u + conv(u) + b on patch tokens, A = u on class tokens          (M, C) -> (M, C)
 //   backward: (du = g + conv^T(g), d weight (C, taps) fp32, d bias (C,) fp32)
+// Without the identity (TokenGrid::identity 0) the "u +" and "g +" terms are dropped.
 #pragma once
 #include <ATen/ATen.h>
 

@@ -26,7 +26,7 @@ at::Tensor tconv_fwd_cpu(const at::Tensor& u, const at::Tensor& weight, const c1
         int64_t t, hh, ww;
         const bool patch = g.coords(row, t, hh, ww);
         // A = u on class tokens, u + conv(u) + b on patch tokens.
-        for (int64_t c = 0; c < g.C; ++c) acc[c] = static_cast<float>(ur[c]) + (patch ? bp[c] : 0.f);
+        for (int64_t c = 0; c < g.C; ++c) acc[c] = (g.identity ? static_cast<float>(ur[c]) : 0.f) + (patch ? bp[c] : 0.f);
         if (patch) {
           for (int64_t k = 0; k < g.taps(); ++k) {
             int64_t nrow;
@@ -64,9 +64,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> tconv_bwd_cpu(const at::Tensor& g
           const scalar_t* gr = gp + row * g.C;
           int64_t t, hh, ww;
           const bool patch = g.coords(row, t, hh, ww);
-          for (int64_t c = 0; c < g.C; ++c) acc[c] = static_cast<float>(gr[c]);
+          for (int64_t c = 0; c < g.C; ++c) acc[c] = g.identity ? static_cast<float>(gr[c]) : 0.f;
           if (patch) {
-            for (int64_t c = 0; c < g.C; ++c) db[c] += acc[c];
+            for (int64_t c = 0; c < g.C; ++c) db[c] += static_cast<float>(gr[c]);
             for (int64_t k = 0; k < g.taps(); ++k) {
               int64_t nrow;
               // Transposed convolution: row q receives w[k] * g[p] from p = nb(q, -k).

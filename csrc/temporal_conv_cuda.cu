@@ -3,6 +3,7 @@
 //
 //   forward:          A[p, c] = u[p, c] + sum_k w[c, k] u[nb(p, k), c] + b[c]      (patch p; A = u on cls)
 //   input gradient:   du[q, c] = g[q, c] + sum_k w[c, k] g[nb(q, -k), c]
+//   (the u[p, c] and g[q, c] terms only with g.identity)
 //   weight gradient:  dw[c, k] = sum_p g[p, c] u[nb(p, k), c],  db[c] = sum_p g[p, c]
 // One thread per (row, channel) for the first two (rows of C consecutive channels: coalesced);
 // the reductions sum a tile of rows per thread in registers and then add atomically.
@@ -37,7 +38,7 @@ __global__ void tconv_fwd_kernel(const T* __restrict__ u, const float* __restric
   const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (idx >= g.M * g.C) return;
   const int64_t row = idx / g.C, c = idx % g.C;
-  float acc = to_f(u[idx]);
+  float acc = g.identity ? to_f(u[idx]) : 0.f;
   int64_t t, hh, ww;
   if (g.coords(row, t, hh, ww)) {
     acc += b ? b[c] : 0.f;
@@ -55,7 +56,7 @@ __global__ void tconv_bwd_input_kernel(const T* __restrict__ grad, const float* 
   const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (idx >= g.M * g.C) return;
   const int64_t row = idx / g.C, c = idx % g.C;
-  float acc = to_f(grad[idx]);
+  float acc = g.identity ? to_f(grad[idx]) : 0.f;
   int64_t t, hh, ww;
   if (g.coords(row, t, hh, ww)) {
     for (int64_t k = 0; k < g.taps(); ++k) {

@@ -23,6 +23,7 @@ struct TokenGrid {
   int64_t KT, KH, KW;
   int64_t layout;   // 0 viclip, 1 frames
   int64_t has_cls;  // 0 or 1
+  int64_t identity;  // 1: A = u + conv(u) (MSTA's temporal path), 0: conv(u) alone (M2-CLIP's TConv)
 
   MSTA_HD int64_t taps() const { return KT * KH * KW; }
 

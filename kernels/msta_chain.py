@@ -24,7 +24,8 @@ traces through them.
 
 import torch
 
-from msta_fast.adapters.functional import check_call, msta_adapter_ref
+from msta_fast.adapters.functional import check_call, msta_adapter_ref, reference_grads
+from msta_fast.kernels import runtime
 from msta_fast.kernels.adapter_hidden import dropout_keep, hidden_bwd, hidden_fwd
 from msta_fast.kernels.runtime import check_device
 from msta_fast.kernels.temporal_dwconv import LAYOUT_CODES, up_tconv_bwd, up_tconv_fwd
@@ -39,11 +40,11 @@ def _adapter_fwd(
     x: torch.Tensor, down_w: torch.Tensor, down_b: torch.Tensor | None, shared_w: torch.Tensor,
     shared_b: torch.Tensor | None, up_w: torch.Tensor, up_b: torch.Tensor | None, conv_w: torch.Tensor | None,
     conv_b: torch.Tensor | None, residual: torch.Tensor | None, scale: float, grid: list[int], layout: int,
-    has_cls: bool, tokens: int, dropout_p: float, seed: int, grad_scale: bool,
+    has_cls: bool, tokens: int, dropout_p: float, seed: int, grad_scale: bool, fallback: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """x: (M, C) flattened tokens, ``tokens`` = L per batch row. Returns (out (M, C), h (M, r)).
 
-    ``grad_scale`` does not change the forward; it is recorded for the backward.
+    ``grad_scale`` and ``fallback`` do not change the forward; they are recorded for the backward.
     """
     h = hidden_fwd(x, down_w, down_b, shared_w, shared_b, dropout_p, seed)
     out = up_tconv_fwd(h, up_w, up_b, conv_w, conv_b, residual, scale, tokens, tuple(grid), _LAYOUTS[layout],
@@ -53,7 +54,7 @@ def _adapter_fwd(
 
 @_adapter_fwd.register_fake
 def _(x, down_w, down_b, shared_w, shared_b, up_w, up_b, conv_w, conv_b, residual, scale, grid, layout, has_cls,
-      tokens, dropout_p, seed, grad_scale):
+      tokens, dropout_p, seed, grad_scale, fallback):
     out_dtype = x.dtype if residual is None else residual.dtype
     return x.new_empty(x.shape, dtype=out_dtype), x.new_empty(x.shape[0], down_w.shape[0])
 
@@ -100,22 +101,45 @@ def _(grad, x, h, down_w, down_b, shared_w, shared_b, up_w, up_b, conv_w, conv_b
 
 def _setup_context(ctx, inputs, output):
     (x, down_w, down_b, shared_w, shared_b, up_w, up_b, conv_w, conv_b, residual, scale, grid, layout, has_cls,
-     tokens, dropout_p, seed, grad_scale) = inputs
+     tokens, dropout_p, seed, grad_scale, fallback) = inputs
     ctx.save_for_backward(x, output[1], down_w, down_b, shared_w, shared_b, up_w, up_b, conv_w, conv_b)
-    ctx.options = (scale, grid, layout, has_cls, tokens, dropout_p, seed)
+    ctx.options = (scale, grid, layout, has_cls, tokens, dropout_p, seed, fallback)
     ctx.has_residual = residual is not None
     ctx.grad_scale = grad_scale
 
 
 def _backward(ctx, grad_out, grad_h):
     x, h, down_w, down_b, shared_w, shared_b, up_w, up_b, conv_w, conv_b = ctx.saved_tensors
-    scale, grid, layout, has_cls, tokens, dropout_p, seed = ctx.options
-    grads = _adapter_bwd(grad_out.contiguous(), x, h, down_w, down_b, shared_w, shared_b, up_w, up_b, conv_w, conv_b,
-                         scale, ctx.grad_scale, grid, layout, has_cls, tokens, dropout_p, seed)
-    grads = [g if t is not None else None for g, t in
-             zip(grads, (x, down_w, down_b, shared_w, shared_b, up_w, up_b, conv_w, conv_b), strict=True)]
+    scale, grid, layout, has_cls, tokens, dropout_p, seed, fallback = ctx.options
+    inputs = (x, down_w, down_b, shared_w, shared_b, up_w, up_b, conv_w, conv_b)
+    try:
+        grads = _adapter_bwd(grad_out.contiguous(), x, h, *inputs[1:], scale, ctx.grad_scale, grid, layout, has_cls,
+                             tokens, dropout_p, seed)
+        grads = [g if t is not None else None for g, t in zip(grads, inputs, strict=True)]
+    except Exception as err:  # noqa: BLE001 - is_kernel_failure decides; anything else is re-raised
+        if not (fallback and runtime.is_kernel_failure(err)):
+            raise
+        runtime.record_failure(err, "backward")
+        grads = _reference_backward(grad_out, inputs, scale, ctx.grad_scale, grid, layout, has_cls, tokens,
+                                    dropout_p, seed)
     residual_grad = grad_out if ctx.has_residual else None
-    return (*grads, residual_grad, None, None, None, None, None, None, None, None)
+    return (*grads, residual_grad, None, None, None, None, None, None, None, None, None)
+
+
+def _reference_backward(grad_out, inputs, scale, grad_scale, grid, layout, has_cls, tokens, dropout_p, seed):
+    """The gradients of ``inputs`` by the reference, recomputed with the kernels' dropout mask (eager mode)."""
+    x, down_w = inputs[0], inputs[1]
+    keep = dropout_keep(seed, x.shape[0], down_w.shape[0], dropout_p, x.device) if dropout_p > 0 else None
+    L, C = tokens, x.shape[1]
+
+    def reference(x, *weights):
+        return msta_adapter_ref(
+            x.reshape(-1, L, C), *weights, scale=scale, grad_scale=grad_scale, grid=tuple(grid),
+            layout=_LAYOUTS[layout], has_cls=has_cls, dropout_p=dropout_p, training=dropout_p > 0,
+            dropout_mask=keep.reshape(-1, L, keep.shape[1]) if keep is not None else None,
+        ).reshape(-1, C)
+
+    return reference_grads(reference, list(inputs), grad_out)
 
 
 _adapter_fwd.register_autograd(_backward, setup_context=_setup_context)
@@ -146,11 +170,13 @@ def msta_adapter_triton(
     dropout_p: float = 0.0,
     training: bool = False,
     seed: int | None = None,
+    fallback: bool = False,
 ) -> torch.Tensor:
     """``residual + s * A(x)`` with the fused kernels. x: (B, L, C); residual: (B, L, C) or None -> (B, L, C).
 
     All tensors share x's dtype and device. ``seed`` fixes the dropout mask (drawn from torch's
     generator when None); :func:`dropout_keep` returns that mask for the reference's ``dropout_mask``.
+    ``fallback``: a backward whose kernels fail runs the reference instead of raising (``auto``).
     """
     check_device(x)
     B, L, C = x.shape
@@ -164,6 +190,6 @@ def msta_adapter_triton(
         x.reshape(B * L, C).contiguous(), down_w.contiguous(), down_b, shared_w.contiguous(), shared_b,
         up_w.contiguous(), up_b, conv_w.contiguous() if conv_w is not None else None, conv_b,
         res2d.contiguous() if res2d is not None else None, float(scale), list(grid), LAYOUT_CODES[layout],
-        bool(has_cls), L, p, int(seed or 0), bool(grad_scale),
+        bool(has_cls), L, p, int(seed or 0), bool(grad_scale), bool(fallback),
     )
     return out.reshape(B, L, C)

@@ -12,6 +12,7 @@ every ``tl.dot`` dimension is at least 16 because the GPU compiler rejects small
 
 from __future__ import annotations
 
+import logging
 import os
 
 import torch
@@ -25,6 +26,31 @@ except ImportError:  # pragma: no cover - Triton ships with torch's CUDA wheels
     triton = None
 
 INTERPRET: bool = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0", "false", "False")
+
+# Why the Triton kernels failed in this process, or None. Set by the ``auto`` backend's fallbacks
+# (a forward in msta_fast.ops.dispatch, a backward in the kernels' autograd formulas); once set,
+# ``auto`` stops choosing Triton.
+failure: str | None = None
+_logger = logging.getLogger("msta_fast.kernels")
+
+
+def is_kernel_failure(err: BaseException) -> bool:
+    """Whether ``auto`` may fall back from this error: Triton's compile / resource errors (which are not
+    RuntimeErrors), a missing module, or a runtime error other than running out of memory (the
+    reference would need more memory, not less)."""
+    if isinstance(err, torch.OutOfMemoryError):
+        return False
+    triton_errors = (triton.errors.TritonError,) if triton is not None else ()
+    return isinstance(err, (RuntimeError, ImportError, *triton_errors))
+
+
+def record_failure(err: BaseException, where: str) -> None:
+    """Remember (and log once) that a Triton kernel failed under ``auto``; ``where``: forward or backward."""
+    global failure
+    first = failure is None
+    failure = f"{type(err).__name__} in the {where}: {str(err)[:300]}"
+    if first:
+        _logger.warning("msta_fast: Triton kernels failed (%s); falling back for the rest of this process", failure)
 
 
 def maybe_autotune(configs: list, key: list[str], **options):

@@ -30,7 +30,8 @@ import torch
 import triton
 import triton.language as tl
 
-from msta_fast.adapters.functional import check_call, temporal_dwconv_ref
+from msta_fast.adapters.functional import check_dwconv_call, reference_grads, temporal_dwconv_ref
+from msta_fast.kernels import runtime
 from msta_fast.kernels.runtime import check_device, maybe_autotune, small_tiles_when
 from msta_fast.kernels.temporal_dwconv import neighbour_row, row_strides
 
@@ -150,20 +151,6 @@ def _launch_meta(kernel) -> dict:
     return {} if isinstance(kernel, triton.runtime.Autotuner) else dict(_INTERPRET_BLOCKS)
 
 
-def check_shapes(u: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, grid, layout: str) -> None:
-    """The argument checks of the Triton op (the reference's contract, spelled out)."""
-    check_call(layout, weight, grid)
-    T, H, W = grid
-    if u.dim() != 3 or weight.dim() != 5 or weight.shape[1] != 1 or weight.shape[0] != u.shape[-1]:
-        raise ValueError(f"expected tokens (rows, N, C) and a depthwise weight (C, 1, kT, kH, kW), got "
-                         f"{tuple(u.shape)} and {tuple(weight.shape)}")
-    if bias is not None and bias.shape != (u.shape[-1],):
-        raise ValueError(f"expected a bias of shape ({u.shape[-1]},), got {tuple(bias.shape)}")
-    per_row = H * W * T if layout == "viclip" else H * W
-    if u.shape[1] != per_row or (layout == "frames" and u.shape[0] % T):
-        raise ValueError(f"tokens of shape {tuple(u.shape)} do not fit a {tuple(grid)} grid in the {layout!r} layout")
-
-
 def _as_rows(u: torch.Tensor) -> torch.Tensor:
     """u with a unit channel stride (a token slice keeps its batch and token strides)."""
     return u if u.stride(-1) == 1 else u.contiguous()
@@ -217,23 +204,69 @@ def token_dwconv_bwd(grad, u, weight, has_bias: bool, grid, layout, need_du=True
     return du, d_weight, db if has_bias else None
 
 
-class _TokenDWConv(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, u, weight, bias, grid, layout):
-        ctx.save_for_backward(u, weight)
-        ctx.grid, ctx.layout, ctx.has_bias = grid, layout, bias is not None
-        ctx.bias_dtype = bias.dtype if bias is not None else None
-        return token_dwconv_fwd(u, weight, bias, grid, layout)
+_LAYOUTS = {code: name for name, code in LAYOUT_CODES.items()}
 
-    @staticmethod
-    def backward(ctx, grad):
-        u, weight = ctx.saved_tensors
-        need_du, need_dw, need_db = ctx.needs_input_grad[:3]
-        du, dw, db = token_dwconv_bwd(grad, u, weight, ctx.has_bias and need_db, ctx.grid, ctx.layout,
-                                      need_du=need_du, need_dw=need_dw)
-        dw = dw.to(weight.dtype) if dw is not None else None
-        db = db.to(ctx.bias_dtype) if db is not None else None
-        return du, dw, db, None, None
+
+@torch.library.custom_op("msta_fast::token_dwconv_fwd", mutates_args=())
+def _dwconv_fwd(u: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, grid: list[int], layout: int,
+                fallback: bool) -> torch.Tensor:
+    """y = TConv(u) + b, contiguous. ``fallback`` does not change the forward; it is kept for the backward."""
+    return token_dwconv_fwd(u, weight, bias, tuple(grid), _LAYOUTS[layout])
+
+
+@_dwconv_fwd.register_fake
+def _(u, weight, bias, grid, layout, fallback):
+    return u.new_empty(u.shape)
+
+
+@torch.library.custom_op("msta_fast::token_dwconv_bwd", mutates_args=())
+def _dwconv_bwd(grad: torch.Tensor, u: torch.Tensor, weight: torch.Tensor, need_du: bool, need_dw: bool,
+                need_db: bool, grid: list[int], layout: int) -> list[torch.Tensor]:
+    """[du (u's shape and dtype), d weight (weight's dtype), d bias (fp32)]; empty where not needed."""
+    du, dw, db = token_dwconv_bwd(grad, u, weight, need_db, tuple(grid), _LAYOUTS[layout], need_du=need_du,
+                                  need_dw=need_dw)
+    return [
+        du if need_du else grad.new_empty(0),
+        dw.to(weight.dtype) if need_dw else grad.new_empty(0),
+        db if need_db else grad.new_empty(0),
+    ]
+
+
+@_dwconv_bwd.register_fake
+def _(grad, u, weight, need_du, need_dw, need_db, grid, layout):
+    return [
+        u.new_empty(u.shape) if need_du else grad.new_empty(0),
+        torch.empty_like(weight) if need_dw else grad.new_empty(0),
+        grad.new_empty(u.shape[-1], dtype=torch.float32) if need_db else grad.new_empty(0),
+    ]
+
+
+def _setup_context(ctx, inputs, output):
+    u, weight, bias, grid, layout, fallback = inputs
+    ctx.save_for_backward(u, weight)
+    ctx.options = (grid, layout, fallback)
+    ctx.bias_dtype = bias.dtype if bias is not None else None
+
+
+def _backward(ctx, grad):
+    u, weight = ctx.saved_tensors
+    grid, layout, fallback = ctx.options
+    need_du, need_dw, need_db = ctx.needs_input_grad[:3]
+    try:
+        du, dw, db = _dwconv_bwd(grad.contiguous(), u, weight, need_du, need_dw, need_db, grid, layout)
+    except Exception as err:  # noqa: BLE001 - is_kernel_failure decides; anything else is re-raised
+        # auto (``fallback``), eager mode: the reference's gradients, and later calls skip Triton
+        if not (fallback and runtime.is_kernel_failure(err)):
+            raise
+        runtime.record_failure(err, "backward")
+        bias = u.new_zeros(u.shape[-1]) if need_db else None
+        du, dw, db = reference_grads(lambda *t: temporal_dwconv_ref(*t, tuple(grid), _LAYOUTS[layout]),
+                                     [u, weight, bias], grad)
+    return (du if need_du else None, dw if need_dw else None, db.to(ctx.bias_dtype) if need_db else None,
+            None, None, None)
+
+
+_dwconv_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
 def token_dwconv_triton(
@@ -242,13 +275,17 @@ def token_dwconv_triton(
     bias: torch.Tensor | None,
     grid: tuple[int, int, int],
     layout: str = "viclip",
+    fallback: bool = False,
 ) -> torch.Tensor:
     """Signature and semantics of :func:`temporal_dwconv_ref`, on the Triton kernels (differentiable).
 
     u_patch: (B, H*W*T, C) for ``"viclip"``, (B*T, H*W, C) for ``"frames"``; weight (C, 1, kT, kH, kW)
     with odd sizes; bias (C,) or None. The output is contiguous, of u_patch's shape and dtype.
+    ``fallback``: a backward whose kernels fail runs the reference instead of raising (``auto``).
+    The forward and backward are ``torch.library`` ops (``msta_fast::token_dwconv_fwd`` / ``_bwd``),
+    so ``torch.compile`` traces through them.
     """
-    grid = tuple(int(g) for g in grid)
-    check_shapes(u_patch, weight, bias, grid, layout)
+    grid = [int(g) for g in grid]
+    check_dwconv_call(u_patch, weight, bias, grid, layout)
     check_device(u_patch)
-    return _TokenDWConv.apply(u_patch, weight, bias, grid, layout)
+    return _dwconv_fwd(u_patch, weight, bias, grid, LAYOUT_CODES[layout], bool(fallback))

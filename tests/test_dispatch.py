@@ -7,7 +7,7 @@ import torch
 
 import msta_fast
 from msta_fast.adapters.functional import msta_adapter_ref
-from msta_fast.kernels import INTERPRET
+from msta_fast.kernels import INTERPRET, runtime
 from msta_fast.ops import dispatch, extension, get_backend, msta_adapter, set_backend
 from msta_fast.ops.parity import AdapterCase, assert_close, make_inputs
 
@@ -20,6 +20,7 @@ def fresh_backend_state(monkeypatch):
     monkeypatch.delenv("MSTA_FAST_BACKEND", raising=False)
     monkeypatch.delenv("MSTA_FAST_BUILD_EXT", raising=False)
     monkeypatch.setattr(dispatch, "_logged", set())
+    monkeypatch.setattr(runtime, "failure", None)
     # On a GPU the fp32 reference must not use tf32 (cuDNN's conv3d does by default).
     saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
@@ -133,22 +134,40 @@ def test_patched_tiny_viclip_is_the_same_under_every_backend():
             assert_close(f"{backend} grad {name}", g, g_ref[name], 1e-4)
 
 
-def test_auto_falls_back_when_the_triton_kernels_fail(monkeypatch, caplog):
+@pytest.mark.parametrize("error", [
+    RuntimeError("PTX compile failed"),
+    # Triton's compile and resource errors are not RuntimeErrors
+    runtime.triton.runtime.errors.OutOfResources(262144, 232448, "shared memory"),
+], ids=["runtime-error", "triton-out-of-resources"])
+def test_auto_falls_back_when_the_triton_kernels_fail(monkeypatch, caplog, error):
     """A Triton failure at run time (e.g. a kernel that does not compile on this GPU) is logged once; auto goes on."""
     x, weights, residual = make_inputs(AdapterCase(batch=1, width=32, dim=16, grid=(2, 2, 2)), torch.float32)
-    monkeypatch.setattr(dispatch, "_triton_failure", None)
-    monkeypatch.setattr(dispatch, "resolve_backend", lambda *a, **k: "torch" if dispatch._triton_failure else "triton")
+    monkeypatch.setattr(dispatch, "resolve_backend", lambda *a, **k: "torch" if runtime.failure else "triton")
 
     def broken(*args, **kwargs):
-        raise RuntimeError("PTX compile failed")
+        raise error
 
     monkeypatch.setattr(dispatch, "_fast_op", lambda backend: broken)
-    with caplog.at_level(logging.WARNING, logger=dispatch.__name__):
+    with caplog.at_level(logging.WARNING, logger="msta_fast.kernels"):
         out = msta_adapter(x, *weights, residual=residual, grid=(2, 2, 2))
     assert_close("out", out, msta_adapter_ref(x, *weights, residual=residual, grid=(2, 2, 2)), 1e-6)
-    assert "PTX compile failed" in dispatch._triton_failure
-    assert any("Triton kernels failed" in r.getMessage() for r in caplog.records)
+    assert type(error).__name__ in runtime.failure and "forward" in runtime.failure
+    assert sum("Triton kernels failed" in r.getMessage() for r in caplog.records) == 1
     set_backend("triton")  # asked for explicitly: the failure is the caller's to see
     monkeypatch.setattr(dispatch, "resolve_backend", lambda *a, **k: "triton")
-    with pytest.raises(RuntimeError, match="PTX"):
+    with pytest.raises(type(error)):
         msta_adapter(x, *weights, residual=residual, grid=(2, 2, 2))
+
+
+def test_auto_does_not_fall_back_when_memory_runs_out(monkeypatch):
+    """Out of memory is no kernel failure: the reference would need more memory, and Triton stays chosen."""
+    x, weights, residual = make_inputs(AdapterCase(batch=1, width=32, dim=16, grid=(2, 2, 2)), torch.float32)
+    monkeypatch.setattr(dispatch, "resolve_backend", lambda *a, **k: "triton")
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(dispatch, "_fast_op", lambda backend: out_of_memory)
+    with pytest.raises(torch.OutOfMemoryError):
+        msta_adapter(x, *weights, residual=residual, grid=(2, 2, 2))
+    assert runtime.failure is None

@@ -107,13 +107,47 @@ def test_temporal_conv_op_alone_matches_conv3d():
     assert torch.equal(got[:, 0], u[:, 0])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("layout", ["viclip", "frames"])
+@pytest.mark.parametrize("kernel", [(3, 1, 1), (1, 3, 3), (3, 3, 3)], ids=lambda k: "k" + "".join(map(str, k)))
+def test_token_convolution_alone_matches_the_reference(kernel, layout, dtype):
+    """M2-CLIP's TConv on the extension (no identity term, no class token): output and every gradient,
+    on a strided slice ``a[:, 1:]`` as the TED-Adapter passes it."""
+    from msta_fast.adapters.functional import temporal_dwconv_ref
+    from msta_fast.ops.ext_op import temporal_dwconv_ext
+
+    T, H, W, C = 4, 3, 5, 40
+    shape = (2, H * W * T, C) if layout == "viclip" else (2 * T, H * W, C)
+    full = torch.randn(shape[0], shape[1] + 1, C, dtype=dtype)
+    results = []
+    for op, cast in ((temporal_dwconv_ext, dtype), (temporal_dwconv_ref, torch.float64)):
+        u = full.to(cast)[:, 1:].detach().requires_grad_()
+        w = (torch.randn(C, 1, *kernel, generator=torch.Generator().manual_seed(1)) / 3).to(cast).requires_grad_()
+        b = torch.randn(C, generator=torch.Generator().manual_seed(2)).to(cast).requires_grad_()
+        y = op(u, w, b, (T, H, W), layout)
+        g = torch.randn(y.shape, generator=torch.Generator().manual_seed(3)).to(cast)
+        results.append([y, *torch.autograd.grad(y, (u, w, b), g)])
+    tol = TOLERANCE[dtype]
+    for name, got, want in zip(("out", "du", "dw", "db"), *results, strict=True):
+        assert got.dtype == dtype and got.shape == want.shape
+        assert_close(name, got, want.to(dtype), tol)
+
+
 def test_op_registration_passes_opcheck():
+    from msta_fast.ops import ext_op
+
+    ext_op._register()  # what the first call of msta_adapter_ext or temporal_dwconv_ext does
     case = AdapterCase(batch=1, width=32, dim=16, grid=(2, 2, 1))
     x, weights, residual = make_inputs(case, torch.float32, "cpu")
     args = (x.reshape(-1, case.width), *weights, residual.reshape(-1, case.width), None, 0.5, 0.0, [2, 2, 1], 0, True,
             case.tokens, True)
     torch.library.opcheck(torch.ops.msta_fast_ext.adapter_fwd.default, args,
                           test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+    u = torch.randn(2 * 2 * 6, 16, requires_grad=True)  # 2 clips x T=2 frames x (2 x 3) tokens, "frames"
+    w, b = torch.randn(16, 1, 3, 1, 3, requires_grad=True), torch.randn(16, requires_grad=True)
+    for identity in (True, False):
+        torch.library.opcheck(torch.ops.msta_fast_ext.tconv_fwd.default, (u, w, b, [2, 2, 3], 1, False, 6, identity),
+                              test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
 
 
 def test_cached_build_is_found_by_a_fresh_process():

@@ -6,6 +6,8 @@ Without a GPU the kernels run in Triton's interpreter on CPU tensors; shapes are
 (odd H*W, channel counts that are no multiple of the blocks, T = 1).
 """
 
+import functools
+
 import pytest
 import torch
 from conftest import relative_error
@@ -138,32 +140,84 @@ def test_triton_bf16_error_is_within_twice_pytorch_bf16_error(layout, kernel):
         assert relative_error(g, r) <= 2 * relative_error(t, r) + 1e-3, name
 
 
-def test_patched_m2clip_model_matches_between_torch_and_triton_backends(monkeypatch):
+@pytest.mark.parametrize("backend", ["triton", "ext"])
+def test_patched_m2clip_model_matches_between_the_reference_and_a_fast_backend(monkeypatch, backend):
+    """A patched M2-CLIP model gives the reference's output and adapter gradients with the Triton kernel
+    and with the C++ extension's token convolution (each checked to be the one that ran)."""
     import msta_fast.kernels.token_dwconv as kernel_module
+    import msta_fast.ops.ext_op as ext_module
 
     calls = []
-    kernel = kernel_module.token_dwconv_triton
-    monkeypatch.setattr(kernel_module, "token_dwconv_triton", lambda *a: calls.append(a[3]) or kernel(*a))
-    model = msta_fast.build_viclip("viclip-tiny", num_frames=2).to(DEVICE)
+    fast_ops = {"triton": (kernel_module, "token_dwconv_triton"), "ext": (ext_module, "temporal_dwconv_ext")}
+    module, name = fast_ops[backend]
+    fast = getattr(module, name)
+    monkeypatch.setattr(module, name, lambda *a, **k: calls.append(a[3]) or fast(*a, **k))
+    model = msta_fast.build_viclip("viclip-tiny", num_frames=2).to(DEVICE if backend == "triton" else "cpu")
     msta_fast.patch(model, "m2clip", dim=16, pre_attn=True, towers=("vision",))
     with torch.no_grad():
         for p in msta_fast.adapter_parameters(model).values():
             p.normal_(std=0.1)
-    video = torch.randn(2, 2, 3, 32, 32, device=DEVICE)
+    video = torch.randn(2, 2, 3, 32, 32, device=next(model.parameters()).device)
     results = {}
-    for backend in ("torch", "triton"):
-        set_backend(backend)
+    for name in ("torch", backend):
+        set_backend(name)
         model.zero_grad(set_to_none=True)
         out = model.encode_video(video)
         out.square().mean().backward()
         grads = {n: p.grad.detach().clone() for n, p in msta_fast.adapter_parameters(model).items()}
-        results[backend] = out.detach(), grads
-        if backend == "torch":
+        results[name] = out.detach(), grads
+        if name == "torch":
             assert not calls
     # Two blocks x two places x (TConv on the patch slice, SConv on the time differences).
     assert len(calls) == 8
-    (out_t, grads_t), (out_k, grads_k) = results["torch"], results["triton"]
+    (out_t, grads_t), (out_k, grads_k) = results["torch"], results[backend]
     assert relative_error(out_k, out_t) < 1e-5
     assert grads_t.keys() == grads_k.keys() and any("conv" in n for n in grads_t)
     for name in grads_t:
         assert relative_error(grads_k[name], grads_t[name]) < 1e-5, name
+
+
+def test_backward_falls_back_to_the_reference_when_the_kernel_fails(monkeypatch):
+    """auto (``fallback``): a backward kernel that fails is replaced by the reference and recorded."""
+    import msta_fast.kernels.token_dwconv as kernel_module
+    from msta_fast.kernels import runtime
+
+    def broken(*args, **kwargs):
+        raise runtime.triton.runtime.errors.OutOfResources(262144, 232448, "shared memory")
+
+    monkeypatch.setattr(runtime, "failure", None)
+    monkeypatch.setattr(kernel_module, "token_dwconv_bwd", broken)
+    batch, grid, channels = SHAPES["T8-HW9-C40"]
+    u, w, b = make_inputs(batch, grid, channels, (3, 3, 3), "viclip", torch.float32)
+    grad = torch.randn_like(u)
+    fallback = functools.partial(token_dwconv_triton, fallback=True)
+    got = forward_and_grads(fallback, u, w, b, grid, "viclip", grad)
+    want = forward_and_grads(temporal_dwconv_ref, u, w, b, grid, "viclip", grad, dtype=torch.float64)
+    assert "OutOfResources in the backward" in runtime.failure
+    assert_parity(got, want, 1e-5)
+    with pytest.raises(runtime.triton.runtime.errors.OutOfResources):
+        forward_and_grads(token_dwconv_triton, u, w, b, grid, "viclip", grad)
+
+
+def test_compile_traces_through_the_custom_op():
+    """torch.compile (aot_eager: graph capture with fake tensors) gives the eager values and gradients."""
+    batch, grid, channels = SHAPES["T2-HW7-C384"]
+    u, w, b = make_inputs(batch, grid, channels, (3, 1, 1), "frames", torch.float32)
+    grad = torch.randn_like(u)
+
+    def step(u, w, b):
+        return token_dwconv_triton(u, w, b, grid, "frames") * 2
+
+    compiled = torch.compile(step, backend="aot_eager", fullgraph=True)
+    got = forward_and_grads(lambda *a: compiled(*a[:3]), u, w, b, grid, "frames", grad)
+    want = forward_and_grads(lambda *a: temporal_dwconv_ref(*a) * 2, u, w, b, grid, "frames", grad,
+                             dtype=torch.float64)
+    assert_parity(got, want, 1e-5)
+
+
+def test_custom_op_registration_passes_opcheck():
+    u, w, b = make_inputs(2, (2, 3, 1), 16, (3, 3, 1), "viclip", torch.float32)
+    for t in (u, w, b):
+        t.requires_grad_()
+    torch.library.opcheck(torch.ops.msta_fast.token_dwconv_fwd.default, (u, w, b, [2, 3, 1], 0, False),
+                          test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))

@@ -78,6 +78,34 @@ def test_dropout_mask_follows_the_seed():
     assert not torch.allclose(out1, out2)
 
 
+@pytest.mark.parametrize("failing", ["up_tconv_bwd", "hidden_bwd"])
+def test_backward_falls_back_to_the_reference_when_a_kernel_fails(monkeypatch, failing):
+    """With ``fallback`` (the auto backend) a backward kernel that fails (here: out of shared memory)
+    is replaced by the reference with the kernels' dropout mask, and the failure is recorded;
+    without it the error reaches the caller."""
+    import msta_fast.kernels.msta_chain as chain
+    from msta_fast.kernels import runtime
+
+    def broken(*args, **kwargs):
+        raise runtime.triton.runtime.errors.OutOfResources(262144, 232448, "shared memory")
+
+    monkeypatch.setattr(runtime, "failure", None)
+    monkeypatch.setattr(chain, failing, broken)
+    case = CASES["frames-cls-T2-C64-r128-k333-drop"]
+    seed = 5
+    x, weights, residual = make_inputs(case, torch.float32, DEVICE)
+    out, grads, g = forward_and_grads(msta_adapter_triton, x, weights, residual, seed=seed, fallback=True,
+                                      **case.options())
+    ref_out, ref_grads, _ = forward_and_grads(reference_with_kernel_mask(case, seed), x, weights, residual, g,
+                                              **case.options())
+    assert "OutOfResources in the backward" in runtime.failure
+    assert_close("out", out, ref_out, 1e-5)
+    for key, want in ref_grads.items():
+        assert_close(f"grad {key}", grads[key], want, 1e-5)
+    with pytest.raises(runtime.triton.runtime.errors.OutOfResources):
+        forward_and_grads(msta_adapter_triton, x, weights, residual, seed=seed, **case.options())
+
+
 def test_batch_strided_input_and_no_residual():
     """x may be non-contiguous in the batch stride; without a residual the op returns s * A(x)."""
     case = AdapterCase(batch=3, width=64, dim=32, grid=(2, 2, 2))
@@ -126,7 +154,7 @@ def test_custom_op_registration_passes_opcheck():
     case = AdapterCase(batch=1, width=32, dim=16, grid=(2, 2, 1))
     x, weights, residual = make_inputs(case, torch.float32, DEVICE)
     args = (x.reshape(-1, case.width), *weights, residual.reshape(-1, case.width), 0.5, [2, 2, 1], 0, True,
-            case.tokens, 0.0, 0, True)
+            case.tokens, 0.0, 0, True, False)
     torch.library.opcheck(torch.ops.msta_fast.triton_adapter_fwd.default, args,
                           test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
 

@@ -113,6 +113,24 @@ def check_call(layout: str, conv_w: torch.Tensor | None, grid: tuple[int, int, i
             raise ValueError(f"the temporal convolution needs odd kernel sizes, got {tuple(conv_w.shape[2:])}")
 
 
+def check_dwconv_call(u: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, grid, layout: str) -> None:
+    """The argument checks of the fast :func:`temporal_dwconv_ref` ops (the reference's contract, spelled out):
+    tokens (rows, N, C) that fit the (T, H, W) grid in ``layout``, a depthwise weight (C, 1, kT, kH, kW)
+    with odd sizes, a (C,) bias or None. Raises ValueError."""
+    check_call(layout, weight, grid)
+    if len(grid) != 3:
+        raise ValueError(f"the grid must be (T, H, W), got {tuple(grid)}")
+    T, H, W = (int(g) for g in grid)
+    if u.dim() != 3 or weight.dim() != 5 or weight.shape[1] != 1 or weight.shape[0] != u.shape[-1]:
+        raise ValueError(f"expected tokens (rows, N, C) and a depthwise weight (C, 1, kT, kH, kW), got "
+                         f"{tuple(u.shape)} and {tuple(weight.shape)}")
+    if bias is not None and tuple(bias.shape) != (u.shape[-1],):
+        raise ValueError(f"expected a bias of shape ({u.shape[-1]},), got {tuple(bias.shape)}")
+    per_row = H * W * T if layout == "viclip" else H * W
+    if u.shape[1] != per_row or (layout == "frames" and u.shape[0] % T):
+        raise ValueError(f"tokens of shape {tuple(u.shape)} do not fit a {tuple(grid)} grid in the {layout!r} layout")
+
+
 def adapter_hidden_ref(
     x: torch.Tensor,
     down_w: torch.Tensor,
@@ -172,3 +190,24 @@ def msta_adapter_ref(
         u = torch.cat([u[:, :start], u[:, start:] + tconv], dim=1)
     out = scale_adapter_output(u, scale, grad_scale)
     return out if residual is None else residual + out
+
+
+def reference_grads(fn, tensors: list, grad: torch.Tensor) -> list:
+    """Gradients of ``(fn(*tensors) * grad).sum()`` for each tensor (zeros where unused, None for None).
+
+    The backward of a fast path that cannot run (a Triton kernel that fails to compile) falls back
+    to this: the reference recomputed from the saved inputs, differentiated by autograd.
+    """
+    leaves = [t.detach().requires_grad_(t.is_floating_point()) if t is not None else None for t in tensors]
+    wanted = [t for t in leaves if t is not None and t.requires_grad]
+    with torch.enable_grad():
+        out = fn(*leaves)
+    found = iter(torch.autograd.grad(out, wanted, grad, allow_unused=True))
+    result = []
+    for t in leaves:
+        if t is None or not t.requires_grad:
+            result.append(None)
+            continue
+        g = next(found)
+        result.append(torch.zeros_like(t) if g is None else g)
+    return result

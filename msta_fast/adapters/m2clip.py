@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from msta_fast.adapters.config import PatchConfig
-from msta_fast.adapters.functional import temporal_dwconv_ref
+from msta_fast.adapters.functional import check_dwconv_call, temporal_dwconv_ref
 from msta_fast.adapters.msta import adapted_blocks, block_input, grid_pre_hook
 from msta_fast.adapters.towers import Tower, VideoGrid
 from msta_fast.ops.dispatch import temporal_dwconv
@@ -38,22 +38,14 @@ DIFFERENCE_KERNEL = (1, 3, 3)
 
 
 def _fits_fast_op(u: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, grid, layout: str) -> bool:
-    """Whether ``msta_fast.ops.temporal_dwconv`` takes these shapes: 3-D tokens (rows, N, C) whose N and
-    rows fit the grid in ``layout``, a depthwise weight (C, 1, kT, kH, kW) with odd sizes, a (C,) bias
-    or none. Every call of the TED-Adapter fits (the frame-row TConv on a (T, 1, L) grid, the ViCLIP
-    patch slice ``a[:, 1:]`` and the (1, 3, 3) SConv); anything else keeps the reference."""
-    if layout not in ("viclip", "frames") or u.dim() != 3 or weight.dim() != 5 or len(grid) != 3:
+    """Whether ``msta_fast.ops.temporal_dwconv`` takes these shapes (:func:`check_dwconv_call`). Every call
+    of the TED-Adapter fits (the frame-row TConv on a (T, 1, L) grid, the ViCLIP patch slice ``a[:, 1:]``
+    and the (1, 3, 3) SConv); anything else keeps the reference."""
+    try:
+        check_dwconv_call(u, weight, bias, grid, layout)
+    except (ValueError, TypeError):
         return False
-    T, H, W = (int(g) for g in grid)
-    C = u.shape[-1]
-    per_row = H * W * T if layout == "viclip" else H * W
-    return (
-        tuple(weight.shape[:2]) == (C, 1)
-        and all(k % 2 == 1 for k in weight.shape[2:])
-        and (bias is None or tuple(bias.shape) == (C,))
-        and u.shape[1] == per_row
-        and (layout == "viclip" or u.shape[0] % T == 0)
-    )
+    return True
 
 
 def depthwise_conv(u: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, grid, layout: str) -> torch.Tensor:
@@ -61,8 +53,8 @@ def depthwise_conv(u: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     contract): u (B, H*W*T, C) for "viclip", (B*T, H*W, C) for "frames".
 
     Shapes that fit (see :func:`_fits_fast_op`) go to ``msta_fast.ops.temporal_dwconv``, which picks
-    the backend (the Triton kernel on a GPU or under ``set_backend("triton")``, else the reference);
-    others to the reference."""
+    the backend as for the MSTA op (Triton on a GPU, else the C++ extension if built, else the
+    reference); others to the reference."""
     if _fits_fast_op(u, weight, bias, grid, layout):
         return temporal_dwconv(u, weight, bias, grid, layout)
     return temporal_dwconv_ref(u, weight, bias, grid, layout)

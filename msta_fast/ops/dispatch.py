@@ -1,4 +1,4 @@
-"""Backend selection for the MSTA adapter op (and M2-CLIP's :func:`temporal_dwconv`): the one place where
+"""Backend selection for the MSTA adapter op and M2-CLIP's :func:`temporal_dwconv`: the one place where
 the adapter modules reach the fast ops.
 
 ``MSTA_FAST_BACKEND`` (or :func:`set_backend`) picks:
@@ -9,8 +9,9 @@ the adapter modules reach the fast ops.
 - ``ext``: the C++/CUDA extension (built on first use, about 40 s on the CPU, then cached);
 - ``auto`` (default): Triton for CUDA tensors; otherwise the extension **if it is already built or
   ``MSTA_FAST_BUILD_EXT=1``** (so that ``auto`` never starts a surprise compile); otherwise the
-  reference. Each fallback is logged once with its reason; a Triton failure at run time (a kernel
-that does not compile on this GPU, say) makes ``auto`` fall back for the rest of the process.
+  reference. Each fallback is logged once with its reason; a Triton failure at run time, forward
+  or backward (a kernel that does not compile on this GPU, say; not running out of memory), makes
+  ``auto`` fall back for the rest of the process.
 
 Calls the fast paths do not cover go to the reference under every backend but ``triton``/``ext``
 asked for explicitly, which raise instead: a caller-provided ``dropout_mask`` (a testing hook),
@@ -20,6 +21,7 @@ as ``F.linear`` would do.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 
@@ -30,7 +32,6 @@ from msta_fast.adapters.functional import msta_adapter_ref, temporal_dwconv_ref
 BACKENDS = ("auto", "triton", "ext", "torch")
 _backend: str | None = None
 _logged: set[str] = set()
-_triton_failure: str | None = None  # set when the Triton kernels failed once under auto
 logger = logging.getLogger(__name__)
 
 
@@ -57,12 +58,13 @@ def _log_once(key: str, message: str) -> None:
 
 def _triton_problem(x: torch.Tensor, down_w: torch.Tensor | None) -> str | None:
     """Why the Triton kernels cannot run this call, or None (``down_w`` None: no adapter-dim limit)."""
-    if _triton_failure is not None:
-        return f"they failed earlier in this process ({_triton_failure})"
     try:
+        from msta_fast.kernels import runtime
         from msta_fast.kernels.runtime import INTERPRET, triton
     except Exception as err:  # noqa: BLE001 - any import failure (broken install) means "not available"
         return f"Triton is not importable ({type(err).__name__}: {err})"
+    if runtime.failure is not None:
+        return f"they failed earlier in this process ({runtime.failure})"
     if triton is None:
         return "Triton is not installed"
     if x.is_cuda and INTERPRET:
@@ -89,8 +91,9 @@ def _ext_problem(x: torch.Tensor, explicit: bool) -> str | None:
     return None
 
 
-def resolve_backend(x: torch.Tensor, down_w: torch.Tensor, *, has_mask: bool = False) -> str:
-    """The backend that :func:`msta_adapter` uses for these inputs (``triton``, ``ext`` or ``torch``)."""
+def resolve_backend(x: torch.Tensor, down_w: torch.Tensor | None, *, has_mask: bool = False) -> str:
+    """The backend that :func:`msta_adapter` (``down_w`` given) or :func:`temporal_dwconv` (``down_w``
+    None) uses for these inputs: ``triton``, ``ext`` or ``torch``."""
     name = get_backend()
     if name == "torch":
         return "torch"
@@ -120,6 +123,16 @@ def resolve_backend(x: torch.Tensor, down_w: torch.Tensor, *, has_mask: bool = F
     return "torch"
 
 
+def _fall_back_from_triton(backend: str, err: Exception) -> bool:
+    """Under ``auto``, a Triton kernel failure is recorded (later calls skip Triton) and the caller falls back."""
+    from msta_fast.kernels import runtime
+
+    if backend != "triton" or get_backend() != "auto" or not runtime.is_kernel_failure(err):
+        return False
+    runtime.record_failure(err, "forward")
+    return True
+
+
 def _autocast_cast(tensors: list, device_type: str) -> list:
     """Cast floating tensors to the autocast dtype (what F.linear would see), keeping None."""
     if not torch.is_autocast_enabled(device_type):
@@ -132,7 +145,8 @@ def _fast_op(backend: str):
     if backend == "triton":
         from msta_fast.kernels.msta_chain import msta_adapter_triton
 
-        return msta_adapter_triton
+        # auto: a backward whose kernels fail runs the reference (the forward's failure is handled below)
+        return functools.partial(msta_adapter_triton, fallback=get_backend() == "auto")
     from msta_fast.ops.ext_op import msta_adapter_ext
 
     return msta_adapter_ext
@@ -152,13 +166,10 @@ def msta_adapter(x, down_w, down_b, shared_w, shared_b, up_w, up_b, conv_w=None,
     with torch.autocast(x.device.type, enabled=False):
         try:
             out = _fast_op(backend)(*tensors, residual=residual if fuse_residual else None, **options)
-        except (RuntimeError, ImportError) as err:
+        except Exception as err:
             # auto only: a Triton compile failure (unsupported GPU, old driver) falls back for good.
-            if backend != "triton" or get_backend() != "auto":
+            if not _fall_back_from_triton(backend, err):
                 raise
-            global _triton_failure
-            _triton_failure = f"{type(err).__name__}: {str(err)[:300]}"
-            _log_once("triton-failed", f"msta_fast: Triton kernels failed ({_triton_failure}); falling back")
             return msta_adapter(x, down_w, down_b, shared_w, shared_b, up_w, up_b, conv_w, conv_b,
                                 residual=residual, **options)
     if residual is not None and not fuse_residual:
@@ -170,38 +181,25 @@ def temporal_dwconv(u_patch, weight, bias, grid, layout="viclip"):
     """Depthwise 3-D convolution of patch tokens: signature and semantics of
     :func:`msta_fast.adapters.functional.temporal_dwconv_ref` (M2-CLIP's TConv, the convolution alone).
 
-    Backends, as :func:`msta_adapter`'s: ``triton`` runs :mod:`msta_fast.kernels.token_dwconv`
-    (CUDA tensors, or CPU tensors under the interpreter) and raises if it cannot; ``auto`` runs it on
-    CUDA tensors and falls back to the reference otherwise (so ``auto`` on the CPU stays on the
-    reference) or after a Triton failure; ``torch`` is the reference. The C++ extension does not
-    implement this op: under ``ext`` (and wherever ``auto`` would pick the extension) the reference
-    runs. Under autocast the inputs are cast to the autocast dtype first, as ``conv3d`` would.
+    Backends as for :func:`msta_adapter`: ``triton`` runs :mod:`msta_fast.kernels.token_dwconv`,
+    ``ext`` the extension's token convolution, ``auto`` picks between them and the reference (a
+    Triton failure, forward or backward, falls back), ``torch`` is the reference. Under autocast the
+    inputs are cast to the autocast dtype first, as ``conv3d`` would.
     """
-    name = get_backend()
-    use_triton = False
-    if name == "triton":
-        problem = _triton_problem(u_patch, None)
-        if problem:
-            raise RuntimeError(f"MSTA_FAST_BACKEND=triton cannot run: {problem}")
-        use_triton = True
-    elif name == "auto" and u_patch.is_cuda:
-        problem = _triton_problem(u_patch, None)
-        if problem is None:
-            use_triton = True
-        else:
-            _log_once("triton-dwconv", f"msta_fast: Triton kernels not used ({problem}); using the PyTorch reference")
-    if not use_triton:
+    backend = resolve_backend(u_patch, None)
+    if backend == "torch":
         return temporal_dwconv_ref(u_patch, weight, bias, grid, layout)
-    from msta_fast.kernels.token_dwconv import token_dwconv_triton
-
     u, w, b = _autocast_cast([u_patch, weight, bias], u_patch.device.type)
     with torch.autocast(u_patch.device.type, enabled=False):
+        if backend == "ext":
+            from msta_fast.ops.ext_op import temporal_dwconv_ext
+
+            return temporal_dwconv_ext(u, w, b, grid, layout)
+        from msta_fast.kernels.token_dwconv import token_dwconv_triton
+
         try:
-            return token_dwconv_triton(u, w, b, grid, layout)
-        except (RuntimeError, ImportError) as err:
-            if name != "auto":
+            return token_dwconv_triton(u, w, b, grid, layout, fallback=get_backend() == "auto")
+        except Exception as err:
+            if not _fall_back_from_triton(backend, err):
                 raise
-            global _triton_failure
-            _triton_failure = f"{type(err).__name__}: {str(err)[:300]}"
-            _log_once("triton-failed", f"msta_fast: Triton kernels failed ({_triton_failure}); falling back")
-            return temporal_dwconv_ref(u_patch, weight, bias, grid, layout)
+            return temporal_dwconv(u_patch, weight, bias, grid, layout)

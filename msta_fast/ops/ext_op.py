@@ -13,7 +13,7 @@ import threading
 
 import torch
 
-from msta_fast.adapters.functional import check_call
+from msta_fast.adapters.functional import check_call, check_dwconv_call
 from msta_fast.ops import extension
 
 LAYOUT_CODES = {"viclip": 0, "frames": 1}
@@ -74,7 +74,50 @@ def _register() -> None:
             return (*grads, grad_out if has_residual else None, None, None, None, None, None, None, None, None)
 
         torch.library.register_autograd("msta_fast_ext::adapter_fwd", backward, setup_context=setup_context)
+        _register_tconv()
         _registered = True
+
+
+def _register_tconv() -> None:
+    """Fake kernels and autograd of the token convolution alone (``tconv_fwd`` / ``tconv_bwd``)."""
+
+    @torch.library.register_fake("msta_fast_ext::tconv_fwd")
+    def _(u, weight, bias, grid, layout, has_cls, tokens, identity=True):
+        return u.new_empty(u.shape)
+
+    @torch.library.register_fake("msta_fast_ext::tconv_bwd")
+    def _(grad, u, weight, grid, layout, has_cls, tokens, identity=True):
+        taps = weight.shape[2] * weight.shape[3] * weight.shape[4]
+        fp32 = dict(dtype=torch.float32)
+        return u.new_empty(u.shape), u.new_empty(weight.shape[0], taps, **fp32), u.new_empty(weight.shape[0], **fp32)
+
+    def setup_context(ctx, inputs, output):
+        u, weight, bias, grid, layout, has_cls, tokens, identity = inputs
+        ctx.save_for_backward(u, weight)
+        ctx.options = (grid, layout, has_cls, tokens, identity)
+        ctx.bias_dtype = bias.dtype if bias is not None else None
+
+    def backward(ctx, grad):
+        u, weight = ctx.saved_tensors
+        du, dw, db = torch.ops.msta_fast_ext.tconv_bwd(grad.contiguous(), u, weight, *ctx.options)
+        d_bias = db.to(ctx.bias_dtype) if ctx.bias_dtype is not None else None
+        return du, dw.reshape(weight.shape).to(weight.dtype), d_bias, None, None, None, None, None
+
+    torch.library.register_autograd("msta_fast_ext::tconv_fwd", backward, setup_context=setup_context)
+
+
+def temporal_dwconv_ext(
+    u_patch: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, grid: tuple[int, int, int],
+    layout: str = "viclip",
+) -> torch.Tensor:
+    """Signature and semantics of :func:`msta_fast.adapters.functional.temporal_dwconv_ref` with the
+    extension's token convolution (no identity term, no class token); differentiable."""
+    _register()
+    check_dwconv_call(u_patch, weight, bias, grid, layout)
+    rows, tokens, C = u_patch.shape
+    out = torch.ops.msta_fast_ext.tconv_fwd(u_patch.reshape(rows * tokens, C), weight, bias, [int(g) for g in grid],
+                                            LAYOUT_CODES[layout], False, tokens, False)
+    return out.reshape(u_patch.shape)
 
 
 def ext_dropout_keep(seed: int, rows: int, dim: int, dropout_p: float, device: torch.device | str) -> torch.Tensor:
