@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import math
 import os
@@ -43,6 +44,7 @@ from msta_fast.training.distributed import (
     all_reduce_max,
     barrier,
     cleanup,
+    dual_encoder,
     init_distributed,
     reshard,
     unwrap,
@@ -149,6 +151,7 @@ def train_job(method: Method, cfg: dict, job: Job, model, info: DistInfo, job_di
     wrapper = wrap_model(model, info, cfg["distributed"]["strategy"])
     model = unwrap(wrapper)
     ctx = LossContext(temp=model.temp, cfg=cfg, criterion=criterion)
+    dual_encoder(wrapper).objective = functools.partial(method.loss, ctx)  # the loss runs inside the forward
     ids = class_tokens(cfg, job.classes).to(info.device)
 
     micro = o["micro_batch_size"]
@@ -197,8 +200,7 @@ def train_job(method: Method, cfg: dict, job: Job, model, info: DistInfo, job_di
             # an accumulation group ends every `accum` batches and at the end of the epoch
             group_size = min(accum, batches_left - (i - i % accum)) if accum > 1 else 1
             with amp if amp is not None else contextlib.nullcontext():
-                video_emb, class_emb = wrapper(video, ids)
-            loss, parts = method.loss(ctx, video_emb, class_emb, labels)
+                loss, parts = wrapper(video, ids, labels)
             if all_reduce_max(0.0 if torch.isfinite(loss).item() else 1.0, info) > 0:
                 bar.close()
                 where = latest_checkpoint(ckpt_dir)

@@ -223,9 +223,13 @@ def test_unpatch_restores_the_model_and_save_load_round_trip(tmp_path):
         adapted = model.encode_video(video)
         head = visual_head_logits(model)
     path = msta_fast.save_adapters(model, tmp_path / "m2clip.safetensors")
+    last_text_block = model.text_encoder.transformer.resblocks[-1]
+    assert hasattr(last_text_block, "m2clip_cross_forward")  # the decoder's pass, a method of the block
     msta_fast.unpatch(model)
     assert model.state_dict().keys() == original.keys() and get_patch_state(model) is None
     assert not model._forward_hooks and not model.vision_encoder._forward_pre_hooks
+    assert not hasattr(last_text_block, "m2clip_cross_forward")
+    assert not hasattr(last_text_block, "msta_fast_forward_methods")
     for k, v in model.state_dict().items():
         assert torch.equal(v, original[k]), k
 

@@ -40,3 +40,56 @@ def test_fsdp2_on_two_cpu_processes_matches_one_process(tmp_path_factory, tmp_pa
         torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5, msg=key)
     for k in ("base", "novel"):
         assert abs(two["msta"][k] - one["msta"][k]) < 1e-6
+
+
+def torchrun(out: Path, cache: Path, port: int, *extra: str) -> None:
+    cmd = [str(TORCHRUN) if TORCHRUN.exists() else "torchrun", "--nproc_per_node", "2", "--master_port", str(port),
+           str(REPO / "recipes" / "train.py"), "--setting", "b2n", *tiny_args(cache, out), *extra]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+M2CLIP_DETERMINISTIC = ["--methods", "m2clip", "--set",
+                        "method_overrides={m2clip: {adapter: {options: {dim: 16, mlm: false, head_dropout: 0.0}}}}"]
+
+
+@pytest.fixture(scope="module")
+def m2clip_single_process(tmp_path_factory):
+    """M2-CLIP in one process without its random parts (MLM masks, head dropout), the global batch of 8 in
+    one forward (the contrastive head is batch-wide: it must see what the two processes see together)."""
+    cache = tmp_path_factory.getbasetemp() / "recipes_cache"
+    out = tmp_path_factory.mktemp("m2clip_single")
+    load_recipe("train").main(["--setting", "b2n", *tiny_args(cache, out), *M2CLIP_DETERMINISTIC])
+    return out
+
+
+@pytest.mark.parametrize("strategy, port", [("fsdp", 29521), ("ddp", 29523)])
+def test_m2clip_on_two_cpu_processes_matches_one_process(m2clip_single_process, tmp_path_factory, tmp_path,
+                                                          strategy, port):
+    """M2-CLIP's heads run inside the wrapped forward: sharded (FSDP2) or replicated (DDP) training gives
+    the adapters, the visual head and the scores of one process."""
+    cache = tmp_path_factory.getbasetemp() / "recipes_cache"
+    torchrun(tmp_path, cache, port, *M2CLIP_DETERMINISTIC, "--set", "optim.micro_batch_size=4",
+             "--set", f"distributed.strategy={strategy}")
+    a = load_file(m2clip_single_process / "m2clip" / "seed1" / "adapters.safetensors")
+    b = load_file(tmp_path / "m2clip" / "seed1" / "adapters.safetensors")
+    assert a.keys() == b.keys() and any(k.startswith("m2clip_adapters.head.") for k in a)
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5, msg=key)
+    one = json.loads((m2clip_single_process / "m2clip" / "seed1" / "done.json").read_text())["evals"]
+    two = json.loads((tmp_path / "m2clip" / "seed1" / "done.json").read_text())["evals"]
+    for split in ("base", "novel"):
+        assert abs(two[split]["top1"] - one[split]["top1"]) < 1e-6
+    assert abs(two["base"]["visual_head"]["top1"] - one["base"]["visual_head"]["top1"]) < 1e-6
+
+
+def test_m2clip_masked_language_head_trains_under_fsdp2(tmp_path_factory, tmp_path):
+    """The MLM pass (a second text-tower forward and the decoder) inside one FSDP2 forward: it trains."""
+    cache = tmp_path_factory.getbasetemp() / "recipes_cache"
+    torchrun(tmp_path, cache, 29525, "--methods", "m2clip", "--set", "optim.micro_batch_size=4",
+             "--set", "method_overrides={m2clip: {adapter: {options: {dim: 16}}}}")
+    steps = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    mlm = [s["mlm"] for s in steps if "mlm" in s]
+    assert mlm and all(torch.isfinite(torch.tensor(v)) and v > 0 for v in mlm)
+    tensors = load_file(tmp_path / "m2clip" / "seed1" / "adapters.safetensors")
+    assert any(k.startswith("m2clip_adapters.decoder.") for k in tensors)

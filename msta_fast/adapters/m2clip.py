@@ -308,6 +308,8 @@ def attach_m2clip(model: nn.Module, adapters: M2CLIPAdapters, vision: Tower, tex
         handles.append(visual.register_forward_hook(_frame_embedding_hook(adapters, grid, enabled), prepend=True))
     else:
         handles.append(vision.blocks[-1].register_forward_hook(_last_tokens_hook(adapters, vision), prepend=True))
+    if adapters.decoder is not None:
+        handles.append(adapters.decoder.attach(text.blocks[-1]))
     return handles
 
 

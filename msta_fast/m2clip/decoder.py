@@ -12,12 +12,15 @@ width.
 
 from __future__ import annotations
 
+import types
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from msta_fast.adapters.m2clip import TextAdapter
 from msta_fast.adapters.towers import find_towers
+from msta_fast.training.distributed import EXTRA_FORWARD_METHODS
 
 
 class MLMHead(nn.Module):
@@ -52,12 +55,43 @@ class MLMDecoder(nn.Module):
         embeddings -> word logits (N, L, vocab)."""
         _, text = find_towers(model)
         block = text.blocks[-1]
+        if not hasattr(block, CROSS_FORWARD):
+            raise RuntimeError("the text tower's last block has no decoder method: patch the model with mlm_vocab")
         memory = self.visual_proj(frames) if self.visual_proj is not None else frames
-        attended = _cross_attention(block, block.ln_1(text_tokens), block.ln_1(memory))
-        x = text_tokens + _layer_scale(block, "ls_1", attended)
-        x = self.adapter(x)
-        x = x + _layer_scale(block, "ls_2", block.mlp(block.ln_2(x)))
+        x = getattr(block, CROSS_FORWARD)(text_tokens, memory, self.adapter)
         return self.head(text_module(model, "ln_final")(x))
+
+    def attach(self, block: nn.Module):
+        """Give the text tower's last block the decoder's pass as a method, listed in the block's
+        ``EXTRA_FORWARD_METHODS`` so that FSDP2 gathers the block's weights for it as for a forward.
+        Returns a handle whose ``remove()`` takes it away again (``unpatch``)."""
+        block.__dict__[CROSS_FORWARD] = types.MethodType(cross_forward, block)
+        block.__dict__[EXTRA_FORWARD_METHODS] = (*getattr(block, EXTRA_FORWARD_METHODS, ()), CROSS_FORWARD)
+        return _MethodHandle(block)
+
+
+CROSS_FORWARD = "m2clip_cross_forward"
+
+
+def cross_forward(block: nn.Module, text_tokens: torch.Tensor, memory: torch.Tensor, adapter: nn.Module):
+    """The 13th block on the weights of ``block`` (bound as its method ``m2clip_cross_forward``):
+    cross-attention from the caption tokens (N, L, Dt) to ``memory`` (N, T, Dt), the adapter, the MLP."""
+    attended = _cross_attention(block, block.ln_1(text_tokens), block.ln_1(memory))
+    x = text_tokens + _layer_scale(block, "ls_1", attended)
+    x = adapter(x)
+    return x + _layer_scale(block, "ls_2", block.mlp(block.ln_2(x)))
+
+
+class _MethodHandle:
+    def __init__(self, block: nn.Module):
+        self.block = block
+
+    def remove(self) -> None:
+        self.block.__dict__.pop(CROSS_FORWARD, None)
+        rest = tuple(n for n in getattr(self.block, EXTRA_FORWARD_METHODS, ()) if n != CROSS_FORWARD)
+        self.block.__dict__[EXTRA_FORWARD_METHODS] = rest
+        if not rest:
+            del self.block.__dict__[EXTRA_FORWARD_METHODS]
 
 
 def _layer_scale(block: nn.Module, name: str, x: torch.Tensor) -> torch.Tensor:

@@ -4,7 +4,9 @@
 
 - contrastive head: logits ``cos(video_i, text_j) / temp`` between the videos of a batch and the
   captions of their labels; the target marks every same-label pair as positive (rows normalised),
-  and the loss is the KL divergence from the target to the softmax, both ways;
+  and the loss is the KL divergence from the target to the softmax, both ways. Under
+  ``torch.distributed`` the batch is the global one (every rank's videos, gathered with their
+  gradients), so that N processes train as one process on the same global batch;
 - cross-modal classification head: cross-entropy of the video against all class texts;
 - visual classification head: cross-entropy of the visual head on the frame-averaged class token;
 - masked language modelling: cross-entropy over the masked class-name tokens of the captions.
@@ -25,6 +27,7 @@ from msta_fast.adapters.m2clip import frame_embeddings
 from msta_fast.m2clip.decoder import text_token_features
 from msta_fast.m2clip.words import IGNORE_INDEX, WordList, class_name_positions, mask_tokens
 from msta_fast.models.tokenizer import tokenize
+from msta_fast.training.distributed import gather_batch
 
 PROMPT = "A video of {}"  # method.md section 5; "{}" is the class name, as in the recipes' templates
 
@@ -118,7 +121,9 @@ class M2CLIPObjective:
         """video_emb (B, E), class_emb (C, E) from the adapted towers, labels (B,) -> (loss, parts as floats)."""
         parts: dict[str, torch.Tensor] = {}
         if self.heads.contrastive:
-            parts["contrastive"] = contrastive_kl_loss(cosine_logits(video_emb, class_emb[labels], temp), labels)
+            videos, video_labels = gather_batch(video_emb), gather_batch(labels)
+            parts["contrastive"] = contrastive_kl_loss(cosine_logits(videos, class_emb[video_labels], temp),
+                                                       video_labels)
         if self.heads.text_ce:
             parts["text_ce"] = F.cross_entropy(cosine_logits(video_emb, class_emb, temp), labels)
         text_terms = [parts[k] for k in ("contrastive", "text_ce") if k in parts]

@@ -4,7 +4,10 @@
   training classes and the MLM head over their word list;
 - loss: the multi-task objective (:class:`msta_fast.m2clip.M2CLIPObjective`), with the class
   texts of the recipe's template (``loss.template``; M2-CLIP's own prompt is "A video of {}");
-- one process only (its heads run outside the encoders' forward, which FSDP2 and DDP do not allow);
+- under torchrun (FSDP2 or DDP) as in one process: the recipe computes the loss inside the wrapped
+  model's forward, so the heads and the masked-language pass see gathered (FSDP2) and tracked (DDP)
+  parameters. The MLM masks come from each rank's random generator, so a run on N processes
+  masks other tokens than one on a single process;
 - evaluation: the text head (cosine similarity to the class texts) for every list, zero-shot and
   novel classes included; the visual head's accuracy as well, where the list's classes are the
   training classes (it has no output for any other class).
@@ -16,11 +19,9 @@ M2-CLIP (``pre_attn``, ``text_layers``, ``dim``, ...), and the heads' switches `
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from msta_fast.m2clip.losses import Heads, M2CLIPObjective, patch_m2clip, visual_head_logits
-from msta_fast.training.config import ConfigError
 from msta_fast.training.methods import Method, register_method
 
 HEAD_SWITCHES = ("contrastive", "text_ce", "visual_ce", "mlm")
@@ -51,11 +52,6 @@ class M2CLIP(Method):
         return options, heads, mask_prob
 
     def prepare_job(self, model: nn.Module, cfg: dict, job) -> nn.Module:
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            if torch.distributed.get_world_size() > 1:
-                # The visual head, the MLM pass and its decoder run after the wrapper's forward, where
-                # FSDP2 has resharded the weights and DDP no longer tracks them.
-                raise ConfigError("m2clip: multi-process training is not supported yet; run it in one process")
         options, heads, mask_prob = self.split_options(cfg)
         patch_m2clip(model, list(job.classes), heads, **options)
         self._objective = M2CLIPObjective(model, list(job.classes), heads, cfg["loss"]["template"], mask_prob)

@@ -2,13 +2,15 @@
 the collectives the recipes need. Without ``torchrun`` everything degrades to a single process.
 
 FSDP2 (``fully_shard``) shards every transformer block of both towers, then the root. The recipes call the
-model through :class:`DualEncoder`, one root ``forward`` per step, so that FSDP's hooks gather the parameters
-before the towers, the adapters and the temperature are used.
+model through :class:`DualEncoder`, one root ``forward`` per step that also computes the training loss, so
+that FSDP's hooks gather the parameters before the towers, the adapters, the temperature and any head that
+runs after the towers (M2-CLIP's) are used, and DDP sees every parameter that gets a gradient.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -66,6 +68,27 @@ def all_gather_cat(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return torch.cat(parts)
 
 
+def gather_batch(tensor: torch.Tensor) -> torch.Tensor:
+    """Every rank's rows of ``tensor`` concatenated in rank order (ranks may hold different row counts), with
+    the gradient flowing back to each rank's own rows: what a batch-wide (contrastive) loss needs to see
+    the global batch. The tensor itself without a process group of more than one rank.
+
+    Every rank computing the same loss on the gathered batch and then averaging parameter gradients
+    (DDP, FSDP) gives the gradient of one process on the whole batch: the gather's backward sums the
+    ranks' copies of the gradient."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return tensor
+    from torch.distributed.nn.functional import all_gather
+
+    count = torch.tensor([tensor.shape[0]], device=tensor.device)
+    counts = [torch.zeros_like(count) for _ in range(dist.get_world_size())]
+    dist.all_gather(counts, count)
+    counts = [int(c) for c in counts]
+    padding = tensor.new_zeros(max(counts) - tensor.shape[0], *tensor.shape[1:])
+    parts = all_gather(torch.cat([tensor, padding]))
+    return torch.cat([part[:n] for part, n in zip(parts, counts, strict=True)])
+
+
 def all_reduce_max(value: float, info: DistInfo) -> float:
     if not info.enabled:
         return value
@@ -84,16 +107,32 @@ def broadcast_object(obj, info: DistInfo):
 
 class DualEncoder(nn.Module):
     """One ``forward`` for both towers: ``(video (B, T, 3, H, W) | None, text ids (N, L) | None)`` ->
-    ``(video embeddings (B, E) | None, text embeddings (N, E) | None)``."""
+    ``(video embeddings (B, E) | None, text embeddings (N, E) | None)``.
+
+    With ``labels`` (B,) it returns the training loss of the batch instead, ``objective(video embeddings,
+    text embeddings, labels) -> (loss, parts)``, computed inside the forward (outside autocast, on the
+    embeddings as the towers returned them)."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
+        self.objective: Callable | None = None  # set per job by the recipe
 
-    def forward(self, video: torch.Tensor | None = None, text: torch.Tensor | None = None):
+    def forward(self, video: torch.Tensor | None = None, text: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None):
         v = self.model.encode_video(video) if video is not None else None
         t = self.model.encode_text(text) if text is not None else None
-        return v, t
+        if labels is None:
+            return v, t
+        if self.objective is None:
+            raise RuntimeError("DualEncoder got labels but has no objective (set dual_encoder(wrapper).objective)")
+        with torch.autocast(labels.device.type, enabled=False):
+            return self.objective(v, t, labels)
+
+
+# A block may list here the names of methods other than ``forward`` that use its weights (M2-CLIP's decoder
+# pass on the text tower's last block); under FSDP2 they gather the weights as a forward does.
+EXTRA_FORWARD_METHODS = "msta_fast_forward_methods"
 
 
 def transformer_blocks(model: nn.Module) -> list[nn.Module]:
@@ -118,11 +157,13 @@ def wrap_model(model: nn.Module, info: DistInfo, strategy: str = "fsdp") -> nn.M
     if strategy != "fsdp":
         raise ValueError(f"unknown distributed strategy {strategy!r}")
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
 
     mesh = init_device_mesh(info.device.type, (info.world_size,))
     for block in transformer_blocks(model):
         fully_shard(block, mesh=mesh)
+        for name in getattr(block, EXTRA_FORWARD_METHODS, ()):
+            register_fsdp_forward_method(block, name)
     # FSDP2 cannot shard 0-d parameters (ViCLIP's temperature): they stay whole on every rank.
     scalars = {p for p in wrapper.parameters() if p.ndim == 0}
     fully_shard(wrapper, mesh=mesh, ignored_params=scalars or None)
@@ -142,7 +183,11 @@ def reshard(wrapper: nn.Module) -> None:
             module.reshard()
 
 
+def dual_encoder(wrapper: nn.Module) -> DualEncoder:
+    """The DualEncoder inside a DDP wrapper (FSDP2 wraps in place)."""
+    return wrapper.module if hasattr(wrapper, "module") and not isinstance(wrapper, DualEncoder) else wrapper
+
+
 def unwrap(wrapper: nn.Module) -> nn.Module:
     """The ViCLIP model inside a (DDP-wrapped) DualEncoder."""
-    inner = wrapper.module if hasattr(wrapper, "module") and not isinstance(wrapper, DualEncoder) else wrapper
-    return inner.model
+    return dual_encoder(wrapper).model
