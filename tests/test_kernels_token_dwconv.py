@@ -100,7 +100,8 @@ def test_dispatch_runs_the_kernel_on_a_strided_slice_without_bias(layout):
     assert_parity(got, want, 1e-5, names=("out", "du", "dw"))
 
 
-def test_auto_on_the_cpu_stays_on_the_reference(monkeypatch):
+def test_auto_on_the_cpu_never_runs_the_triton_kernel(monkeypatch):
+    """auto on CPU tensors: the extension where it is built, else the reference; never the interpreter."""
     import msta_fast.kernels.token_dwconv as kernel_module
 
     def refuse(*args, **kwargs):
