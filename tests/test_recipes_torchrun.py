@@ -93,3 +93,33 @@ def test_m2clip_masked_language_head_trains_under_fsdp2(tmp_path_factory, tmp_pa
     assert mlm and all(torch.isfinite(torch.tensor(v)) and v > 0 for v in mlm)
     tensors = load_file(tmp_path / "m2clip" / "seed1" / "adapters.safetensors")
     assert any(k.startswith("m2clip_adapters.decoder.") for k in tensors)
+
+
+GATHER_SCRIPT = """
+import torch, torch.distributed as dist
+from msta_fast.training.distributed import gather_batch
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+rows = 3 if rank == 0 else 5  # uneven: the last batch of an epoch may be
+x = torch.arange(rows * 2, dtype=torch.float32).reshape(rows, 2).add(100 * rank).requires_grad_()
+labels = torch.full((rows,), rank)
+everything, all_labels = gather_batch(x), gather_batch(labels)
+assert everything.shape == (8, 2) and all_labels.tolist() == [0] * 3 + [1] * 5
+assert torch.equal(everything[:3].detach(), torch.arange(6.0).reshape(3, 2))
+assert torch.equal(everything[3:].detach(), torch.arange(10.0).reshape(5, 2) + 100)
+# every rank computes the same loss on the gathered batch: each rank's rows get the sum of the ranks' gradients
+weights = torch.arange(16, dtype=torch.float32).reshape(8, 2)
+(everything * weights).sum().backward()
+mine = weights[:3] if rank == 0 else weights[3:]
+assert torch.equal(x.grad, 2 * mine), (x.grad, mine)
+dist.destroy_process_group()
+"""
+
+
+def test_gather_batch_with_uneven_ranks(tmp_path):
+    script = tmp_path / "gather.py"
+    script.write_text(GATHER_SCRIPT)
+    cmd = [str(TORCHRUN) if TORCHRUN.exists() else "torchrun", "--nproc_per_node", "2", "--master_port", "29527",
+           str(script)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
