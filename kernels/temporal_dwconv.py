@@ -16,12 +16,20 @@ found by index arithmetic, never by a permuted copy:
   1, W*T and T rows.
 - ``"frames"`` (LAYOUT 1): row ``(clip*T + t)*L + cls + hh*W + ww``; offsets move by L, W and 1 rows.
 
-Design limits: the kernel recomputes ``u`` of each neighbour from ``h`` (one small GEMM of K = r
-per tap) instead of exchanging rows between register tiles, which Triton cannot do; r <= 256 so
-``h`` rows are cheap to reload, and a (3,1,1) kernel costs 3x the up-projection's FLOPs while the
-(M, C) tensor ``u`` is never written to memory. The backward kernel gives
-``du = gA + conv^T(gA)`` and the convolution's weight and bias gradients (atomically reduced over
-row tiles).
+Neighbours' ``u`` (the (M, C) tensor ``u`` is never written to memory):
+
+- **halo tiles** (``HALO`` > 0: the ViCLIP layout with a temporal-only kernel (kT, 1, 1), MSTA's
+  default): a token's temporal neighbours are the rows next to it, so each program computes ``u``
+  once for BLOCK_M consecutive rows and keeps only the middle BLOCK_M - 2*HALO of them (HALO = kT // 2
+  rows of overlap on each side, recomputed by the next tile: 2/64 of the rows at (3,1,1)); the taps
+  read the shifted rows from the register tile (``tl.gather``). One up-projection GEMM per row, as
+  without the convolution.
+- **general** (``HALO`` = 0: spatial taps, the frame-row layout): the neighbour may be any distance
+  away, so ``u`` of each neighbour is recomputed from ``h`` (one small GEMM of K = r per tap;
+  r <= 256 so ``h`` rows are cheap to reload): a (3,3,3) kernel costs 27x the up-projection's FLOPs.
+
+The backward kernel gives ``du = gA + conv^T(gA)`` and the convolution's weight and bias gradients
+(atomically reduced over row tiles), with the same two ways to reach the neighbours.
 """
 
 from __future__ import annotations
@@ -84,6 +92,25 @@ def _up_rows(h_ptr, nrows, valid, rr, R, wut, bu, PRECISION: tl.constexpr, HAS_B
     return un
 
 
+@triton.jit
+def _tile_rows(pid_m, M, HALO: tl.constexpr, BLOCK_M: tl.constexpr):
+    """The tile's rows (clamped into range), which exist, and which this program writes: with a halo the
+    tiles overlap by 2 * HALO rows and each keeps its middle BLOCK_M - 2 * HALO."""
+    local = tl.arange(0, BLOCK_M)
+    rows = pid_m * (BLOCK_M - 2 * HALO) - HALO + local
+    row_ok = (rows >= 0) & (rows < M)
+    owned = row_ok & (local >= HALO) & (local < BLOCK_M - HALO)
+    return tl.where(row_ok, rows, 0), row_ok, owned
+
+
+@triton.jit
+def _shifted_rows(x, valid, offset, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """x[i + offset] for the rows i where ``valid`` (0 elsewhere), read from the register tile itself."""
+    local = tl.minimum(tl.maximum(tl.arange(0, BLOCK_M) + offset, 0), BLOCK_M - 1)
+    shifted = tl.gather(x, tl.broadcast_to(local[:, None], (BLOCK_M, BLOCK_N)), axis=0)
+    return tl.where(valid[:, None], shifted, 0.0)
+
+
 @maybe_autotune(_CONFIGS, key=["C", "R", "KT", "KH", "KW"], prune_configs_by=_PRUNE)
 @triton.jit
 def _up_tconv_fwd_kernel(
@@ -91,16 +118,15 @@ def _up_tconv_fwd_kernel(
     M, C, R, L, T, H, W, ST, SH, SW, scale,
     HAS_BU: tl.constexpr, HAS_CONV: tl.constexpr, HAS_CB: tl.constexpr, HAS_RES: tl.constexpr,
     HAS_CLS: tl.constexpr, LAYOUT: tl.constexpr, KT: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
-    PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
+    HALO: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_R: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rows, row_ok, owned = _tile_rows(pid_m, M, HALO, BLOCK_M)
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     rr = tl.arange(0, BLOCK_R)
-    row_ok = rows < M
     col_ok = cols < C
-    rows = tl.where(row_ok, rows, 0)
     # Wu^T tile (BLOCK_R, BLOCK_N): up_w is (C, R) row-major.
     wut = tl.load(wu_ptr + cols[None, :] * R + rr[:, None], mask=(rr < R)[:, None] & col_ok[None, :], other=0.0)
     bu = tl.zeros((BLOCK_N,), tl.float32)
@@ -123,7 +149,10 @@ def _up_tconv_fwd_kernel(
                     else:
                         nrows, valid = neighbour_row(rows, t, hh, ww, is_patch, ST, SH, SW, T, H, W,
                                                   kt - KT // 2, kh - KH // 2, kw - KW // 2)
-                        un = _up_rows(h_ptr, nrows, valid, rr, R, wut, bu, PRECISION, HAS_BU)
+                        if HALO > 0:
+                            un = _shifted_rows(u, valid, kt - KT // 2, BLOCK_M, BLOCK_N)
+                        else:
+                            un = _up_rows(h_ptr, nrows, valid, rr, R, wut, bu, PRECISION, HAS_BU)
                     conv += un * wtap[None, :]
         if HAS_CB:
             conv += tl.load(cb_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
@@ -131,7 +160,7 @@ def _up_tconv_fwd_kernel(
     # out = residual + s * A, accumulated in fp32 and written once.
     acc = acc * scale
     offs = rows[:, None] * C + cols[None, :]
-    mask = row_ok[:, None] & col_ok[None, :]
+    mask = owned[:, None] & col_ok[None, :]
     if HAS_RES:
         acc += tl.load(res_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
@@ -146,17 +175,16 @@ def _up_tconv_bwd_kernel(
     M, C, R, L, T, H, W, ST, SH, SW, gscale,
     HAS_BU: tl.constexpr, HAS_CB: tl.constexpr,
     HAS_CLS: tl.constexpr, LAYOUT: tl.constexpr, KT: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
-    PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
+    HALO: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_R: tl.constexpr,
 ):
     """du = gA + conv^T(gA) (patch rows), dconv_w[c, k] += sum_p gA[p, c] u[nb(p, k), c], dconv_b += sum_p gA."""
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rows, row_ok, owned = _tile_rows(pid_m, M, HALO, BLOCK_M)
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     rr = tl.arange(0, BLOCK_R)
-    row_ok = rows < M
     col_ok = cols < C
-    rows = tl.where(row_ok, rows, 0)
     mask = row_ok[:, None] & col_ok[None, :]
     wut = tl.load(wu_ptr + cols[None, :] * R + rr[:, None], mask=(rr < R)[:, None] & col_ok[None, :], other=0.0)
     bu = tl.zeros((BLOCK_N,), tl.float32)
@@ -166,8 +194,11 @@ def _up_tconv_bwd_kernel(
     ga = tl.load(g_ptr + rows[:, None] * C + cols[None, :], mask=mask, other=0.0).to(tl.float32) * gscale
     t, hh, ww, is_patch = _token_coords(rows, L, T, W, HAS_CLS, LAYOUT)
     is_patch = is_patch & row_ok
-    ga_patch = tl.where(is_patch[:, None], ga, 0.0)
+    # The reductions count each row once: its owner's.
+    ga_patch = tl.where((is_patch & owned)[:, None], ga, 0.0)
     du = ga
+    if HALO > 0:
+        u = _up_rows(h_ptr, rows, row_ok, rr, R, wut, bu, PRECISION, HAS_BU)
     for kt in tl.static_range(KT):
         for kh in tl.static_range(KH):
             for kw in tl.static_range(KW):
@@ -178,22 +209,34 @@ def _up_tconv_bwd_kernel(
                 wtap = tl.load(cw_ptr + cols * (KT * KH * KW) + tap, mask=col_ok, other=0.0).to(tl.float32)
                 # Transposed convolution: token q receives w[k] * gA[p] from p = nb(q, -k).
                 srows, svalid = neighbour_row(rows, t, hh, ww, is_patch, ST, SH, SW, T, H, W, -ot, -oh, -ow)
-                gs = tl.load(g_ptr + srows[:, None] * C + cols[None, :], mask=svalid[:, None] & col_ok[None, :],
-                             other=0.0).to(tl.float32) * gscale
-                du += gs * wtap[None, :]
-                # Weight gradient: needs u at the forward neighbour nb(p, k), recomputed from h.
                 nrows, nvalid = neighbour_row(rows, t, hh, ww, is_patch, ST, SH, SW, T, H, W, ot, oh, ow)
-                un = _up_rows(h_ptr, nrows, nvalid, rr, R, wut, bu, PRECISION, HAS_BU)
+                if HALO > 0:
+                    gs = _shifted_rows(ga, svalid, -ot, BLOCK_M, BLOCK_N)
+                    un = _shifted_rows(u, nvalid, ot, BLOCK_M, BLOCK_N)
+                else:
+                    gs = tl.load(g_ptr + srows[:, None] * C + cols[None, :], mask=svalid[:, None] & col_ok[None, :],
+                                 other=0.0).to(tl.float32) * gscale
+                    # Weight gradient: needs u at the forward neighbour nb(p, k), recomputed from h.
+                    un = _up_rows(h_ptr, nrows, nvalid, rr, R, wut, bu, PRECISION, HAS_BU)
+                du += gs * wtap[None, :]
                 tl.atomic_add(dcw_ptr + tap * C + cols, tl.sum(ga_patch * un, axis=0), mask=col_ok)
     if HAS_CB:
         tl.atomic_add(dcb_ptr + cols, tl.sum(ga_patch, axis=0), mask=col_ok)
-    tl.store(du_ptr + rows[:, None] * C + cols[None, :], du.to(du_ptr.dtype.element_ty), mask=mask)
+    tl.store(du_ptr + rows[:, None] * C + cols[None, :], du.to(du_ptr.dtype.element_ty),
+             mask=owned[:, None] & col_ok[None, :])
 
 
 def row_strides(tokens: int, grid: tuple[int, int, int], layout: str) -> tuple[int, int, int]:
     """Rows between grid neighbours along t, h, w: (1, W*T, T) for "viclip", (L, W, 1) for "frames"."""
     T, _, W = grid
     return (1, W * T, T) if layout == "viclip" else (tokens, W, 1)
+
+
+def halo_rows(layout: str, kernel: tuple[int, int, int]) -> int:
+    """HALO of the kernels (module docstring): kT // 2 for a temporal-only kernel in the ViCLIP layout, else 0."""
+    kt, kh, kw = kernel
+    # up to kT = 9: the smallest tile (32 rows) then still keeps half of its rows
+    return kt // 2 if layout == "viclip" and kh == kw == 1 and kt <= 9 else 0
 
 
 def _launch_meta(kernel) -> dict:
@@ -221,15 +264,16 @@ def up_tconv_fwd(
     kt, kh, kw = conv_w.shape[2:] if conv_w is not None else (1, 1, 1)
     out = torch.empty(M, C, device=h.device, dtype=h.dtype if residual is None else residual.dtype)
     dummy = h
+    halo = halo_rows(layout, (kt, kh, kw)) if conv_w is not None else 0
     meta = _launch_meta(_up_tconv_fwd_kernel)
-    launch_grid = lambda m: (triton.cdiv(M, m["BLOCK_M"]), triton.cdiv(C, m["BLOCK_N"]))  # noqa: E731
+    launch_grid = lambda m: (triton.cdiv(M, m["BLOCK_M"] - 2 * halo), triton.cdiv(C, m["BLOCK_N"]))  # noqa: E731
     _up_tconv_fwd_kernel[launch_grid](
         h, up_w, up_b if up_b is not None else dummy, conv_w if conv_w is not None else dummy,
         conv_b if conv_b is not None else dummy, residual if residual is not None else dummy, out,
         M, C, R, tokens, T, H, W, *row_strides(tokens, grid, layout), float(scale),
         HAS_BU=up_b is not None, HAS_CONV=conv_w is not None, HAS_CB=conv_b is not None,
         HAS_RES=residual is not None, HAS_CLS=int(has_cls), LAYOUT=LAYOUT_CODES[layout], KT=kt, KH=kh, KW=kw,
-        PRECISION=dot_precision(h.dtype), BLOCK_R=next_pow2(R), **meta,
+        HALO=halo, PRECISION=dot_precision(h.dtype), BLOCK_R=next_pow2(R), **meta,
     )
     return out
 
@@ -255,13 +299,14 @@ def up_tconv_bwd(
     du = torch.empty(M, C, device=h.device, dtype=h.dtype)
     dcw = torch.zeros(kt * kh * kw, C, device=h.device, dtype=torch.float32)
     dcb = torch.zeros(C, device=h.device, dtype=torch.float32)
+    halo = halo_rows(layout, (kt, kh, kw))
     meta = _launch_meta(_up_tconv_bwd_kernel)
-    launch_grid = lambda m: (triton.cdiv(M, m["BLOCK_M"]), triton.cdiv(C, m["BLOCK_N"]))  # noqa: E731
+    launch_grid = lambda m: (triton.cdiv(M, m["BLOCK_M"] - 2 * halo), triton.cdiv(C, m["BLOCK_N"]))  # noqa: E731
     _up_tconv_bwd_kernel[launch_grid](
         grad, h, up_w, up_b if up_b is not None else h, conv_w, du, dcw, dcb,
         M, C, R, tokens, T, H, W, *row_strides(tokens, grid, layout), float(gscale),
         HAS_BU=up_b is not None, HAS_CB=conv_b is not None, HAS_CLS=int(has_cls), LAYOUT=LAYOUT_CODES[layout],
-        KT=kt, KH=kh, KW=kw, PRECISION=dot_precision(h.dtype), BLOCK_R=next_pow2(R), **meta,
+        KT=kt, KH=kh, KW=kw, HALO=halo, PRECISION=dot_precision(h.dtype), BLOCK_R=next_pow2(R), **meta,
     )
     d_conv_w = dcw.t().reshape(conv_w.shape).to(conv_w.dtype)
     d_conv_b = dcb.to(conv_b.dtype) if conv_b is not None else None

@@ -40,9 +40,14 @@ flags = dict(PRECISION=prec, BLOCK_R=dim_tile)
 kernels = [
     (ah._hidden_fwd_kernel, dict(HAS_BD=True, HAS_BS=True, DROPOUT=True, BLOCK_M=32, BLOCK_K=64, BLOCK_N=32)),
     (ah._hidden_bwd_kernel, dict(HAS_BD=True, HAS_BS=False, DROPOUT=True, BLOCK_M=32, BLOCK_K=64, BLOCK_N=32)),
+    # halo tiles (ViCLIP layout, temporal kernel) and the general path (frame rows), forward and backward
     (td._up_tconv_fwd_kernel, dict(HAS_BU=True, HAS_CONV=True, HAS_CB=True, HAS_RES=True, HAS_CLS=1, LAYOUT=0,
-                                   KT=3, KH=1, KW=1, BLOCK_M=32, BLOCK_N=64)),
-    (td._up_tconv_bwd_kernel, dict(HAS_BU=True, HAS_CB=True, HAS_CLS=1, LAYOUT=1, KT=3, KH=1, KW=1,
+                                   KT=3, KH=1, KW=1, HALO=1, BLOCK_M=64, BLOCK_N=64)),
+    (td._up_tconv_fwd_kernel, dict(HAS_BU=True, HAS_CONV=True, HAS_CB=True, HAS_RES=True, HAS_CLS=1, LAYOUT=1,
+                                   KT=3, KH=1, KW=1, HALO=0, BLOCK_M=32, BLOCK_N=64)),
+    (td._up_tconv_bwd_kernel, dict(HAS_BU=True, HAS_CB=True, HAS_CLS=1, LAYOUT=0, KT=3, KH=1, KW=1, HALO=1,
+                                   BLOCK_M=64, BLOCK_N=64)),
+    (td._up_tconv_bwd_kernel, dict(HAS_BU=True, HAS_CB=True, HAS_CLS=1, LAYOUT=1, KT=3, KH=1, KW=1, HALO=0,
                                    BLOCK_M=32, BLOCK_N=64)),
 ]
 done = []
@@ -52,7 +57,8 @@ for kernel, constexprs in kernels:
     src = triton.compiler.ASTSource(fn=fn, signature=signature(fn, constexprs), constexprs=constexprs)
     compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4, "num_stages": 2})
     assert compiled.asm["cubin"], fn.__name__
-    done.append(fn.__name__)
+    done.append(fn.__name__ + ("-halo" if constexprs.get("HALO") else ""))
+    print(fn.__name__, "HALO", constexprs.get("HALO"), "shared memory", compiled.metadata.shared, file=sys.stderr)
 print(json.dumps(done))
 """
 
@@ -66,4 +72,5 @@ def test_triton_kernels_compile_for_sm90(dtype, dim, tmp_path):
                             env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     compiled = json.loads(result.stdout.strip().splitlines()[-1])
-    assert compiled == ["_hidden_fwd_kernel", "_hidden_bwd_kernel", "_up_tconv_fwd_kernel", "_up_tconv_bwd_kernel"]
+    assert compiled == ["_hidden_fwd_kernel", "_hidden_bwd_kernel", "_up_tconv_fwd_kernel-halo", "_up_tconv_fwd_kernel",
+                        "_up_tconv_bwd_kernel-halo", "_up_tconv_bwd_kernel"]

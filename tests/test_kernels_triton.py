@@ -25,6 +25,9 @@ CASES = {
         batch=2, width=512, dim=64, grid=(2, 3, 3), kernel=(3, 3, 3), has_cls=False, dropout_p=0.1, grad_scale=False
     ),
     "viclip-cls-T1-C768-r256": AdapterCase(batch=1, width=768, dim=256, grid=(1, 3, 2)),
+    # a halo of 2 rows (kT = 5); tiles that straddle clips and class tokens
+    "viclip-cls-T8-C64-r32-k511-drop": AdapterCase(batch=2, width=64, dim=32, grid=(8, 2, 3), kernel=(5, 1, 1),
+                                                   dropout_p=0.1),
     "frames-cls-T2-C64-r128-k333-drop": AdapterCase(
         batch=2, width=64, dim=128, grid=(2, 2, 3), kernel=(3, 3, 3), layout="frames", dropout_p=0.2
     ),
