@@ -24,9 +24,12 @@ Neighbours' ``u`` (the (M, C) tensor ``u`` is never written to memory):
   rows of overlap on each side, recomputed by the next tile: 2/64 of the rows at (3,1,1)); the taps
   read the shifted rows from the register tile (``tl.gather``). One up-projection GEMM per row, as
   without the convolution.
-- **general** (``HALO`` = 0: spatial taps, the frame-row layout): the neighbour may be any distance
-  away, so ``u`` of each neighbour is recomputed from ``h`` (one small GEMM of K = r per tap;
-  r <= 256 so ``h`` rows are cheap to reload): a (3,3,3) kernel costs 27x the up-projection's FLOPs.
+- **clip tiles** (``FRAME_T`` = T > 0: the frame-row layout with a temporal-only kernel, T a power
+  of two up to 16): a tile holds J = BLOCK_M / T tokens of one clip in all T of its frames
+  (t-major), so every temporal neighbour of a tile row is in the tile, J rows away. One GEMM per row.
+- **general** (neither: spatial taps): the neighbour may be any distance away, so ``u`` of each
+  neighbour is recomputed from ``h`` (one small GEMM of K = r per tap; r <= 256 so ``h`` rows are
+  cheap to reload): a (3,3,3) kernel costs 27x the up-projection's FLOPs.
 
 The backward kernel gives ``du = gA + conv^T(gA)`` and the convolution's weight and bias gradients
 (atomically reduced over row tiles), with the same two ways to reach the neighbours.
@@ -93,13 +96,22 @@ def _up_rows(h_ptr, nrows, valid, rr, R, wut, bu, PRECISION: tl.constexpr, HAS_B
 
 
 @triton.jit
-def _tile_rows(pid_m, M, HALO: tl.constexpr, BLOCK_M: tl.constexpr):
-    """The tile's rows (clamped into range), which exist, and which this program writes: with a halo the
-    tiles overlap by 2 * HALO rows and each keeps its middle BLOCK_M - 2 * HALO."""
+def _tile_rows(pid_m, M, L, HALO: tl.constexpr, FRAME_T: tl.constexpr, BLOCK_M: tl.constexpr):
+    """The tile's rows (clamped into range), which exist, and which this program writes (module docstring):
+    consecutive rows; with a halo, tiles that overlap by 2 * HALO rows and keep their middle; clip tiles of
+    BLOCK_M // FRAME_T tokens x FRAME_T frames."""
     local = tl.arange(0, BLOCK_M)
-    rows = pid_m * (BLOCK_M - 2 * HALO) - HALO + local
-    row_ok = (rows >= 0) & (rows < M)
-    owned = row_ok & (local >= HALO) & (local < BLOCK_M - HALO)
+    if FRAME_T > 0:
+        J: tl.constexpr = BLOCK_M // FRAME_T
+        blocks = tl.cdiv(L, J)
+        token = (pid_m % blocks) * J + local % J
+        rows = ((pid_m // blocks) * FRAME_T + local // J) * L + token
+        row_ok = (token < L) & (rows < M)
+        owned = row_ok
+    else:
+        rows = pid_m * (BLOCK_M - 2 * HALO) - HALO + local
+        row_ok = (rows >= 0) & (rows < M)
+        owned = row_ok & (local >= HALO) & (local < BLOCK_M - HALO)
     return tl.where(row_ok, rows, 0), row_ok, owned
 
 
@@ -118,12 +130,14 @@ def _up_tconv_fwd_kernel(
     M, C, R, L, T, H, W, ST, SH, SW, scale,
     HAS_BU: tl.constexpr, HAS_CONV: tl.constexpr, HAS_CB: tl.constexpr, HAS_RES: tl.constexpr,
     HAS_CLS: tl.constexpr, LAYOUT: tl.constexpr, KT: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
-    HALO: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_R: tl.constexpr,
+    HALO: tl.constexpr, FRAME_T: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
-    rows, row_ok, owned = _tile_rows(pid_m, M, HALO, BLOCK_M)
+    rows, row_ok, owned = _tile_rows(pid_m, M, L, HALO, FRAME_T, BLOCK_M)
+    # tile rows between a token and its next frame; 0: its neighbours are not in the tile
+    STEP: tl.constexpr = BLOCK_M // FRAME_T if FRAME_T > 0 else (1 if HALO > 0 else 0)
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     rr = tl.arange(0, BLOCK_R)
     col_ok = cols < C
@@ -149,8 +163,8 @@ def _up_tconv_fwd_kernel(
                     else:
                         nrows, valid = neighbour_row(rows, t, hh, ww, is_patch, ST, SH, SW, T, H, W,
                                                   kt - KT // 2, kh - KH // 2, kw - KW // 2)
-                        if HALO > 0:
-                            un = _shifted_rows(u, valid, kt - KT // 2, BLOCK_M, BLOCK_N)
+                        if STEP > 0:
+                            un = _shifted_rows(u, valid, (kt - KT // 2) * STEP, BLOCK_M, BLOCK_N)
                         else:
                             un = _up_rows(h_ptr, nrows, valid, rr, R, wut, bu, PRECISION, HAS_BU)
                     conv += un * wtap[None, :]
@@ -175,13 +189,15 @@ def _up_tconv_bwd_kernel(
     M, C, R, L, T, H, W, ST, SH, SW, gscale,
     HAS_BU: tl.constexpr, HAS_CB: tl.constexpr,
     HAS_CLS: tl.constexpr, LAYOUT: tl.constexpr, KT: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
-    HALO: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_R: tl.constexpr,
+    HALO: tl.constexpr, FRAME_T: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
 ):
     """du = gA + conv^T(gA) (patch rows), dconv_w[c, k] += sum_p gA[p, c] u[nb(p, k), c], dconv_b += sum_p gA."""
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
-    rows, row_ok, owned = _tile_rows(pid_m, M, HALO, BLOCK_M)
+    rows, row_ok, owned = _tile_rows(pid_m, M, L, HALO, FRAME_T, BLOCK_M)
+    # tile rows between a token and its next frame; 0: its neighbours are not in the tile
+    STEP: tl.constexpr = BLOCK_M // FRAME_T if FRAME_T > 0 else (1 if HALO > 0 else 0)
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     rr = tl.arange(0, BLOCK_R)
     col_ok = cols < C
@@ -197,7 +213,7 @@ def _up_tconv_bwd_kernel(
     # The reductions count each row once: its owner's.
     ga_patch = tl.where((is_patch & owned)[:, None], ga, 0.0)
     du = ga
-    if HALO > 0:
+    if STEP > 0:
         u = _up_rows(h_ptr, rows, row_ok, rr, R, wut, bu, PRECISION, HAS_BU)
     for kt in tl.static_range(KT):
         for kh in tl.static_range(KH):
@@ -210,9 +226,9 @@ def _up_tconv_bwd_kernel(
                 # Transposed convolution: token q receives w[k] * gA[p] from p = nb(q, -k).
                 srows, svalid = neighbour_row(rows, t, hh, ww, is_patch, ST, SH, SW, T, H, W, -ot, -oh, -ow)
                 nrows, nvalid = neighbour_row(rows, t, hh, ww, is_patch, ST, SH, SW, T, H, W, ot, oh, ow)
-                if HALO > 0:
-                    gs = _shifted_rows(ga, svalid, -ot, BLOCK_M, BLOCK_N)
-                    un = _shifted_rows(u, nvalid, ot, BLOCK_M, BLOCK_N)
+                if STEP > 0:
+                    gs = _shifted_rows(ga, svalid, -ot * STEP, BLOCK_M, BLOCK_N)
+                    un = _shifted_rows(u, nvalid, ot * STEP, BLOCK_M, BLOCK_N)
                 else:
                     gs = tl.load(g_ptr + srows[:, None] * C + cols[None, :], mask=svalid[:, None] & col_ok[None, :],
                                  other=0.0).to(tl.float32) * gscale
@@ -232,11 +248,23 @@ def row_strides(tokens: int, grid: tuple[int, int, int], layout: str) -> tuple[i
     return (1, W * T, T) if layout == "viclip" else (tokens, W, 1)
 
 
-def halo_rows(layout: str, kernel: tuple[int, int, int]) -> int:
-    """HALO of the kernels (module docstring): kT // 2 for a temporal-only kernel in the ViCLIP layout, else 0."""
+def row_tiling(layout: str, kernel: tuple[int, int, int], frames: int) -> dict:
+    """``HALO`` and ``FRAME_T`` of the kernels (module docstring) for a convolution kernel and T frames."""
     kt, kh, kw = kernel
-    # up to kT = 9: the smallest tile (32 rows) then still keeps half of its rows
-    return kt // 2 if layout == "viclip" and kh == kw == 1 and kt <= 9 else 0
+    temporal_only = kh == kw == 1
+    # halo up to kT = 9: the smallest tile (32 rows) then still keeps half of its rows
+    halo = kt // 2 if layout == "viclip" and temporal_only and kt <= 9 else 0
+    # clip tiles: T divides the smallest tile (32 rows) with at least 2 tokens per frame
+    frame_t = frames if layout == "frames" and temporal_only and frames & (frames - 1) == 0 and frames <= 16 else 0
+    return {"HALO": halo, "FRAME_T": frame_t}
+
+
+def _tile_grid(M: int, C: int, tokens: int, tiling: dict):
+    """Launch grid over (row tiles, column tiles) for the block sizes the autotuner picks."""
+    if tiling["FRAME_T"]:
+        clips = M // (tokens * tiling["FRAME_T"])
+        return lambda m: (clips * triton.cdiv(tokens, m["BLOCK_M"] // tiling["FRAME_T"]), triton.cdiv(C, m["BLOCK_N"]))
+    return lambda m: (triton.cdiv(M, m["BLOCK_M"] - 2 * tiling["HALO"]), triton.cdiv(C, m["BLOCK_N"]))
 
 
 def _launch_meta(kernel) -> dict:
@@ -264,16 +292,15 @@ def up_tconv_fwd(
     kt, kh, kw = conv_w.shape[2:] if conv_w is not None else (1, 1, 1)
     out = torch.empty(M, C, device=h.device, dtype=h.dtype if residual is None else residual.dtype)
     dummy = h
-    halo = halo_rows(layout, (kt, kh, kw)) if conv_w is not None else 0
+    tiling = row_tiling(layout, (kt, kh, kw), T) if conv_w is not None else {"HALO": 0, "FRAME_T": 0}
     meta = _launch_meta(_up_tconv_fwd_kernel)
-    launch_grid = lambda m: (triton.cdiv(M, m["BLOCK_M"] - 2 * halo), triton.cdiv(C, m["BLOCK_N"]))  # noqa: E731
-    _up_tconv_fwd_kernel[launch_grid](
+    _up_tconv_fwd_kernel[_tile_grid(M, C, tokens, tiling)](
         h, up_w, up_b if up_b is not None else dummy, conv_w if conv_w is not None else dummy,
         conv_b if conv_b is not None else dummy, residual if residual is not None else dummy, out,
         M, C, R, tokens, T, H, W, *row_strides(tokens, grid, layout), float(scale),
         HAS_BU=up_b is not None, HAS_CONV=conv_w is not None, HAS_CB=conv_b is not None,
         HAS_RES=residual is not None, HAS_CLS=int(has_cls), LAYOUT=LAYOUT_CODES[layout], KT=kt, KH=kh, KW=kw,
-        HALO=halo, PRECISION=dot_precision(h.dtype), BLOCK_R=next_pow2(R), **meta,
+        **tiling, PRECISION=dot_precision(h.dtype), BLOCK_R=next_pow2(R), **meta,
     )
     return out
 
@@ -299,14 +326,13 @@ def up_tconv_bwd(
     du = torch.empty(M, C, device=h.device, dtype=h.dtype)
     dcw = torch.zeros(kt * kh * kw, C, device=h.device, dtype=torch.float32)
     dcb = torch.zeros(C, device=h.device, dtype=torch.float32)
-    halo = halo_rows(layout, (kt, kh, kw))
+    tiling = row_tiling(layout, (kt, kh, kw), T)
     meta = _launch_meta(_up_tconv_bwd_kernel)
-    launch_grid = lambda m: (triton.cdiv(M, m["BLOCK_M"] - 2 * halo), triton.cdiv(C, m["BLOCK_N"]))  # noqa: E731
-    _up_tconv_bwd_kernel[launch_grid](
+    _up_tconv_bwd_kernel[_tile_grid(M, C, tokens, tiling)](
         grad, h, up_w, up_b if up_b is not None else h, conv_w, du, dcw, dcb,
         M, C, R, tokens, T, H, W, *row_strides(tokens, grid, layout), float(gscale),
         HAS_BU=up_b is not None, HAS_CB=conv_b is not None, HAS_CLS=int(has_cls), LAYOUT=LAYOUT_CODES[layout],
-        KT=kt, KH=kh, KW=kw, HALO=halo, PRECISION=dot_precision(h.dtype), BLOCK_R=next_pow2(R), **meta,
+        KT=kt, KH=kh, KW=kw, **tiling, PRECISION=dot_precision(h.dtype), BLOCK_R=next_pow2(R), **meta,
     )
     d_conv_w = dcw.t().reshape(conv_w.shape).to(conv_w.dtype)
     d_conv_b = dcb.to(conv_b.dtype) if conv_b is not None else None

@@ -40,25 +40,25 @@ flags = dict(PRECISION=prec, BLOCK_R=dim_tile)
 kernels = [
     (ah._hidden_fwd_kernel, dict(HAS_BD=True, HAS_BS=True, DROPOUT=True, BLOCK_M=32, BLOCK_K=64, BLOCK_N=32)),
     (ah._hidden_bwd_kernel, dict(HAS_BD=True, HAS_BS=False, DROPOUT=True, BLOCK_M=32, BLOCK_K=64, BLOCK_N=32)),
-    # halo tiles (ViCLIP layout, temporal kernel) and the general path (frame rows), forward and backward
-    (td._up_tconv_fwd_kernel, dict(HAS_BU=True, HAS_CONV=True, HAS_CB=True, HAS_RES=True, HAS_CLS=1, LAYOUT=0,
-                                   KT=3, KH=1, KW=1, HALO=1, BLOCK_M=64, BLOCK_N=64)),
-    (td._up_tconv_fwd_kernel, dict(HAS_BU=True, HAS_CONV=True, HAS_CB=True, HAS_RES=True, HAS_CLS=1, LAYOUT=1,
-                                   KT=3, KH=1, KW=1, HALO=0, BLOCK_M=32, BLOCK_N=64)),
-    (td._up_tconv_bwd_kernel, dict(HAS_BU=True, HAS_CB=True, HAS_CLS=1, LAYOUT=0, KT=3, KH=1, KW=1, HALO=1,
-                                   BLOCK_M=64, BLOCK_N=64)),
-    (td._up_tconv_bwd_kernel, dict(HAS_BU=True, HAS_CB=True, HAS_CLS=1, LAYOUT=1, KT=3, KH=1, KW=1, HALO=0,
-                                   BLOCK_M=32, BLOCK_N=64)),
 ]
+# the three row tilings of the fused up-projection + convolution, forward and backward: halo tiles (ViCLIP
+# layout, temporal kernel), clip tiles (frame rows, temporal kernel), the general path (a spatial kernel)
+tilings = {"halo": dict(LAYOUT=0, KT=3, KH=1, KW=1, HALO=1, FRAME_T=0, BLOCK_M=64),
+           "clip": dict(LAYOUT=1, KT=3, KH=1, KW=1, HALO=0, FRAME_T=8, BLOCK_M=64),
+           "general": dict(LAYOUT=1, KT=1, KH=3, KW=1, HALO=0, FRAME_T=0, BLOCK_M=32)}
+for name, tiling in tilings.items():
+    kernels.append((td._up_tconv_fwd_kernel, dict(HAS_BU=True, HAS_CONV=True, HAS_CB=True, HAS_RES=True, HAS_CLS=1,
+                                                  BLOCK_N=64, **tiling), name))
+    kernels.append((td._up_tconv_bwd_kernel, dict(HAS_BU=True, HAS_CB=True, HAS_CLS=1, BLOCK_N=64, **tiling), name))
 done = []
-for kernel, constexprs in kernels:
+for kernel, constexprs, *tag in kernels:
     fn = kernel.fn
     constexprs = {**flags, **constexprs}
     src = triton.compiler.ASTSource(fn=fn, signature=signature(fn, constexprs), constexprs=constexprs)
     compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4, "num_stages": 2})
     assert compiled.asm["cubin"], fn.__name__
-    done.append(fn.__name__ + ("-halo" if constexprs.get("HALO") else ""))
-    print(fn.__name__, "HALO", constexprs.get("HALO"), "shared memory", compiled.metadata.shared, file=sys.stderr)
+    done.append("-".join([fn.__name__, *tag]))
+    print(done[-1], "shared memory", compiled.metadata.shared, file=sys.stderr)
 print(json.dumps(done))
 """
 
@@ -72,5 +72,5 @@ def test_triton_kernels_compile_for_sm90(dtype, dim, tmp_path):
                             env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     compiled = json.loads(result.stdout.strip().splitlines()[-1])
-    assert compiled == ["_hidden_fwd_kernel", "_hidden_bwd_kernel", "_up_tconv_fwd_kernel-halo", "_up_tconv_fwd_kernel",
-                        "_up_tconv_bwd_kernel-halo", "_up_tconv_bwd_kernel"]
+    fused = [f"_up_tconv_{way}_kernel-{tiling}" for tiling in ("halo", "clip", "general") for way in ("fwd", "bwd")]
+    assert compiled == ["_hidden_fwd_kernel", "_hidden_bwd_kernel", *fused]

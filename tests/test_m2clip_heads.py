@@ -85,6 +85,23 @@ def test_masking_is_real_and_bert_style():
     assert chosen.sum() > 0.15 * candidate.sum()  # at least the drawn 15%
 
 
+def test_masks_from_row_seeds_do_not_depend_on_the_batch():
+    """With one seed per caption, a caption's masks are the same whatever batch it is in (and whichever process
+    holds it); different seeds give different masks."""
+    words = WordList.from_class_names(CLASSES)
+    ids = msta_fast.tokenize([f"A video of {c}" for c in CLASSES] * 8)
+    seeds = torch.arange(len(ids)) * 7919 + 3
+    whole = mask_tokens(ids, words, prob=0.5, row_seeds=seeds)
+    halves = [mask_tokens(ids[part], words, prob=0.5, row_seeds=seeds[part])
+              for part in (slice(0, 13), slice(13, None))]
+    for got, want in zip((torch.cat(parts) for parts in zip(*halves, strict=True)), whole, strict=True):
+        assert torch.equal(got, want)
+    reseeded = mask_tokens(ids, words, prob=0.5, row_seeds=seeds + 1)
+    assert not torch.equal(reseeded[2], whole[2])
+    with pytest.raises(ValueError, match="3 seeds for 32 captions"):
+        mask_tokens(ids, words, row_seeds=seeds[:3])
+
+
 def objective_setup(heads=None, seed=0):
     torch.manual_seed(seed)
     model = tiny_viclip()

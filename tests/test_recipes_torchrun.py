@@ -50,13 +50,13 @@ def torchrun(out: Path, cache: Path, port: int, *extra: str) -> None:
 
 
 M2CLIP_DETERMINISTIC = ["--methods", "m2clip", "--set",
-                        "method_overrides={m2clip: {adapter: {options: {dim: 16, mlm: false, head_dropout: 0.0}}}}"]
+                        "method_overrides={m2clip: {adapter: {options: {dim: 16, head_dropout: 0.0}}}}"]
 
 
 @pytest.fixture(scope="module")
 def m2clip_single_process(tmp_path_factory):
-    """M2-CLIP in one process without its random parts (MLM masks, head dropout), the global batch of 8 in
-    one forward (the contrastive head is batch-wide: it must see what the two processes see together)."""
+    """M2-CLIP in one process, the global batch of 8 in one forward (the contrastive head is batch-wide: it must
+    see what the two processes see together), head dropout off (its masks are drawn per process)."""
     cache = tmp_path_factory.getbasetemp() / "recipes_cache"
     out = tmp_path_factory.mktemp("m2clip_single")
     load_recipe("train").main(["--setting", "b2n", *tiny_args(cache, out), *M2CLIP_DETERMINISTIC])
@@ -66,14 +66,19 @@ def m2clip_single_process(tmp_path_factory):
 @pytest.mark.parametrize("strategy, port", [("fsdp", 29521), ("ddp", 29523)])
 def test_m2clip_on_two_cpu_processes_matches_one_process(m2clip_single_process, tmp_path_factory, tmp_path,
                                                           strategy, port):
-    """M2-CLIP's heads run inside the wrapped forward: sharded (FSDP2) or replicated (DDP) training gives
-    the adapters, the visual head and the scores of one process."""
+    """M2-CLIP's heads run inside the wrapped forward, its contrastive head on the gathered global batch, its MLM
+    masks from the items' seeds and its decoder pass as an FSDP2 forward method of the last text block: sharded
+    (FSDP2) or replicated (DDP) training gives the adapters, the decoder, the visual head and the scores of one
+    process."""
     cache = tmp_path_factory.getbasetemp() / "recipes_cache"
     torchrun(tmp_path, cache, port, *M2CLIP_DETERMINISTIC, "--set", "optim.micro_batch_size=4",
              "--set", f"distributed.strategy={strategy}")
+    steps = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [s["mlm"] > 0 for s in steps if s["tag"].startswith("train/")] == [True] * 3
     a = load_file(m2clip_single_process / "m2clip" / "seed1" / "adapters.safetensors")
     b = load_file(tmp_path / "m2clip" / "seed1" / "adapters.safetensors")
-    assert a.keys() == b.keys() and any(k.startswith("m2clip_adapters.head.") for k in a)
+    assert a.keys() == b.keys()
+    assert any(k.startswith("m2clip_adapters.head.") for k in a) and any(".decoder." in k for k in a)
     for key in a:
         torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5, msg=key)
     one = json.loads((m2clip_single_process / "m2clip" / "seed1" / "done.json").read_text())["evals"]
@@ -81,18 +86,6 @@ def test_m2clip_on_two_cpu_processes_matches_one_process(m2clip_single_process, 
     for split in ("base", "novel"):
         assert abs(two[split]["top1"] - one[split]["top1"]) < 1e-6
     assert abs(two["base"]["visual_head"]["top1"] - one["base"]["visual_head"]["top1"]) < 1e-6
-
-
-def test_m2clip_masked_language_head_trains_under_fsdp2(tmp_path_factory, tmp_path):
-    """The MLM pass (a second text-tower forward and the decoder) inside one FSDP2 forward: it trains."""
-    cache = tmp_path_factory.getbasetemp() / "recipes_cache"
-    torchrun(tmp_path, cache, 29525, "--methods", "m2clip", "--set", "optim.micro_batch_size=4",
-             "--set", "method_overrides={m2clip: {adapter: {options: {dim: 16}}}}")
-    steps = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    mlm = [s["mlm"] for s in steps if "mlm" in s]
-    assert mlm and all(torch.isfinite(torch.tensor(v)) and v > 0 for v in mlm)
-    tensors = load_file(tmp_path / "m2clip" / "seed1" / "adapters.safetensors")
-    assert any(k.startswith("m2clip_adapters.decoder.") for k in tensors)
 
 
 GATHER_SCRIPT = """

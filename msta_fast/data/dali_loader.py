@@ -38,11 +38,12 @@ from .transforms import (
 class _Item:
     """Everything Python decides for one clip before DALI runs."""
 
-    __slots__ = ("index", "view", "label", "encoded", "frames", "box", "params", "replaced", "failed_index")
+    __slots__ = ("index", "view", "label", "encoded", "frames", "box", "params", "replaced", "failed_index", "seed")
 
-    def __init__(self, index, view, label, encoded, frames, box, params, replaced, failed_index):
+    def __init__(self, index, view, label, encoded, frames, box, params, replaced, failed_index, seed=-1):
         self.index, self.view, self.label, self.encoded, self.frames = index, view, label, encoded, frames
         self.box, self.params, self.replaced, self.failed_index = box, params, replaced, failed_index
+        self.seed = seed  # the training item's seed (as the torch loader's "item_seed"); -1 in evaluation
 
 
 class DaliVideoLoader:
@@ -119,7 +120,7 @@ class DaliVideoLoader:
             else:
                 params = AugmentParams(eval_crops(height, width, self.size, 1)[0], False, (), False)
             return _Item(tried, 0, self.samples[tried][1], encoded, frames, params.crop, params, replaced,
-                         index if replaced else -1)
+                         index if replaced else -1, int(seed))
         index, view = divmod(key, self.num_views)
         clip, crop = split_view(view, self.num_crops)
         try:
@@ -220,6 +221,7 @@ class DaliVideoLoader:
             "view_index": torch.tensor([it.view for it in items]),
             "replaced": torch.tensor([it.replaced for it in items]),
             "failed_index": torch.tensor([it.failed_index for it in items]),
+            "item_seed": torch.tensor([it.seed for it in items]),
         }
 
     def _torch_device(self) -> torch.device:

@@ -68,10 +68,11 @@ class VideoDataset(Dataset):
     def __getitem__(self, key) -> dict:
         if self.train:
             index, seed = key if isinstance(key, tuple) else (key, item_seed(self.seed, 0, key))
-            return self._train_item(int(index), np.random.default_rng(seed))
+            return self._train_item(int(index), int(seed))
         return self._eval_item(int(key))
 
-    def _train_item(self, index: int, rng: np.random.Generator) -> dict:
+    def _train_item(self, index: int, seed: int) -> dict:
+        rng = np.random.default_rng(seed)
         tried, replaced = index, False
         for attempt in range(self.max_retries + 1):
             try:
@@ -89,8 +90,10 @@ class VideoDataset(Dataset):
             clip = train_transform(frames, self.size, rng, self.mean, self.std, p_flip=self.flip_prob)
         else:
             clip = eval_transform(frames, self.size, mean=self.mean, std=self.std)
+        # item_seed: what the item's random choices came from; loss terms with their own randomness (M2-CLIP's
+        # masks) seed from it too, so that they do not depend on the batch or the number of processes.
         return {"video": clip, "label": self.samples[tried][1], "video_index": tried, "view_index": 0,
-                "replaced": replaced, "failed_index": index if replaced else -1}
+                "replaced": replaced, "failed_index": index if replaced else -1, "item_seed": seed}
 
     def _eval_item(self, item: int) -> dict:
         index, view = divmod(item, self.num_views)

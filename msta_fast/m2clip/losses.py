@@ -104,10 +104,11 @@ class M2CLIPObjective:
             self.captions = tokenize([prompt.format(name) for name in class_names])
             self.targets = class_name_positions(self.captions, class_names)
 
-    def mlm_loss(self, labels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def mlm_loss(self, labels: torch.Tensor, generator: torch.Generator | None = None,
+                 item_seeds: torch.Tensor | None = None) -> torch.Tensor:
         ids = self.captions.to(labels.device)[labels]
         candidates = self.targets.to(labels.device)[labels]
-        ids, replace, targets = mask_tokens(ids, self.words, self.mask_prob, generator, candidates)
+        ids, replace, targets = mask_tokens(ids, self.words, self.mask_prob, generator, candidates, item_seeds)
         decoder = self.adapters.decoder
         tokens = text_token_features(self.model, ids, replace, decoder.mask_embedding)
         frames = frame_embeddings(self.model, self.adapters, get_patch_state(self.model).grid)
@@ -117,8 +118,12 @@ class M2CLIPObjective:
         return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX)
 
     def __call__(self, video_emb: torch.Tensor, class_emb: torch.Tensor, labels: torch.Tensor,
-                 temp: torch.Tensor | float, generator: torch.Generator | None = None):
-        """video_emb (B, E), class_emb (C, E) from the adapted towers, labels (B,) -> (loss, parts as floats)."""
+                 temp: torch.Tensor | float, generator: torch.Generator | None = None,
+                 item_seeds: torch.Tensor | None = None):
+        """video_emb (B, E), class_emb (C, E) from the adapted towers, labels (B,) -> (loss, parts as floats).
+
+        The MLM masks come from ``item_seeds`` (B,), one per video (the recipes pass the loader's
+        ``item_seed``), else from ``generator`` (or torch's global generator)."""
         parts: dict[str, torch.Tensor] = {}
         if self.heads.contrastive:
             videos, video_labels = gather_batch(video_emb), gather_batch(labels)
@@ -132,7 +137,7 @@ class M2CLIPObjective:
             parts["visual_ce"] = F.cross_entropy(visual_head_logits(self.model).float(), labels)
             total = total + parts["visual_ce"]
         if self.heads.mlm:
-            parts["mlm"] = self.mlm_loss(labels, generator)
+            parts["mlm"] = self.mlm_loss(labels, generator, item_seeds)
             total = total + self.mlm_weight * parts["mlm"]
         return total, {"loss": float(total.detach()), **{k: float(v.detach()) for k, v in parts.items()}}
 

@@ -6,8 +6,8 @@
   texts of the recipe's template (``loss.template``; M2-CLIP's own prompt is "A video of {}");
 - under torchrun (FSDP2 or DDP) as in one process: the recipe computes the loss inside the wrapped
   model's forward, so the heads and the masked-language pass see gathered (FSDP2) and tracked (DDP)
-  parameters. The MLM masks come from each rank's random generator, so a run on N processes
-  masks other tokens than one on a single process;
+  parameters, and the MLM masks come from the loader's per-item seeds, so N processes train what
+  one process trains on the same global batch;
 - evaluation: the text head (cosine similarity to the class texts) for every list, zero-shot and
   novel classes included; the visual head's accuracy as well, where the list's classes are the
   training classes (it has no output for any other class).
@@ -34,8 +34,8 @@ class ObjectiveLoss(nn.Module):
         super().__init__()
         self._objective = (objective,)  # not a submodule: .to() must not move the model it holds
 
-    def forward(self, video, class_text, labels, temp):
-        return self._objective[0](video, class_text, labels, temp)
+    def forward(self, video, class_text, labels, temp, item_seeds=None):
+        return self._objective[0](video, class_text, labels, temp, item_seeds=item_seeds)
 
 
 class M2CLIP(Method):
@@ -56,6 +56,10 @@ class M2CLIP(Method):
         patch_m2clip(model, list(job.classes), heads, **options)
         self._objective = M2CLIPObjective(model, list(job.classes), heads, cfg["loss"]["template"], mask_prob)
         return model
+
+    def loss(self, ctx, video_emb, class_emb, labels, item_seeds=None):
+        """The objective, its MLM masks drawn from the items' seeds (the same with any number of processes)."""
+        return ctx.criterion(video_emb, class_emb, labels, ctx.temp, item_seeds=item_seeds)
 
     def criterion(self, cfg: dict, spatial, temporal) -> nn.Module:
         if self._objective is None:

@@ -62,6 +62,7 @@ def mask_tokens(
     prob: float = 0.15,
     generator: torch.Generator | None = None,
     candidates: torch.Tensor | None = None,
+    row_seeds: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """BERT-style masking of the class-name tokens of captions.
 
@@ -73,6 +74,10 @@ def mask_tokens(
     ids: (N, L) token ids. Returns ``(input_ids, use_mask_embedding, labels)``: the ids with the random
     replacements (N, L), a boolean (N, L) of positions to replace by the mask embedding, and the
     labels (N, L): the word index at chosen positions, ``IGNORE_INDEX`` elsewhere.
+
+    Randomness: ``generator`` (or torch's global one) for the whole batch, or, with ``row_seeds`` (N,),
+    one generator per caption, so that a caption's masks depend on its seed only (not on the batch it
+    is in, nor on the number of processes).
     """
     if not 0.0 < prob <= 1.0:
         raise ValueError(f"mask probability must be in (0, 1], got {prob}")
@@ -81,19 +86,30 @@ def mask_tokens(
     if candidates is not None:
         candidate &= candidates.to(ids.device)
 
-    def rand(*shape):
-        return torch.rand(*shape, generator=generator, device="cpu").to(ids.device)
-
-    chosen = candidate & (rand(*ids.shape) < prob)
+    choose, pick_order, action, random_index = (d.to(ids.device) for d in _mask_draws(ids.shape, len(words), generator,
+                                                                                       row_seeds))
+    chosen = candidate & (choose < prob)
     # Captions with candidates but none chosen: choose one candidate at random.
     needs_one = candidate.any(1) & ~chosen.any(1)
-    pick = torch.where(candidate, rand(*ids.shape), torch.full_like(word, -1, dtype=torch.float)).argmax(1)
+    pick = torch.where(candidate, pick_order, torch.full_like(word, -1, dtype=torch.float)).argmax(1)
     chosen[needs_one, pick[needs_one]] = True
     labels = torch.where(chosen, word, torch.full_like(word, IGNORE_INDEX))
-    action = rand(*ids.shape)
     use_mask = chosen & (action < 0.8)
     use_random = chosen & (action >= 0.8) & (action < 0.9)
-    random_words = words.token_ids.to(ids.device)[
-        torch.randint(len(words), ids.shape, generator=generator, device="cpu").to(ids.device)
-    ]
+    random_words = words.token_ids.to(ids.device)[random_index]
     return torch.where(use_random, random_words, ids), use_mask, labels
+
+
+def _mask_draws(shape, vocab: int, generator: torch.Generator | None, row_seeds: torch.Tensor | None):
+    """The four random (N, L) tensors of :func:`mask_tokens` (on the CPU): choice, pick order, action, word."""
+
+    def draws(rows_shape, gen):
+        return (torch.rand(*rows_shape, generator=gen), torch.rand(*rows_shape, generator=gen),
+                torch.rand(*rows_shape, generator=gen), torch.randint(vocab, rows_shape, generator=gen))
+
+    if row_seeds is None:
+        return draws(shape, generator)
+    if len(row_seeds) != shape[0]:
+        raise ValueError(f"row_seeds has {len(row_seeds)} seeds for {shape[0]} captions")
+    per_row = [draws(shape[1:], torch.Generator().manual_seed(int(s))) for s in row_seeds.tolist()]
+    return tuple(torch.stack(parts) for parts in zip(*per_row, strict=True))

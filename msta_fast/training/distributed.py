@@ -110,8 +110,8 @@ class DualEncoder(nn.Module):
     ``(video embeddings (B, E) | None, text embeddings (N, E) | None)``.
 
     With ``labels`` (B,) it returns the training loss of the batch instead, ``objective(video embeddings,
-    text embeddings, labels) -> (loss, parts)``, computed inside the forward (outside autocast, on the
-    embeddings as the towers returned them)."""
+    text embeddings, labels, item_seeds) -> (loss, parts)``, computed inside the forward (outside autocast,
+    on the embeddings as the towers returned them)."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
@@ -119,7 +119,7 @@ class DualEncoder(nn.Module):
         self.objective: Callable | None = None  # set per job by the recipe
 
     def forward(self, video: torch.Tensor | None = None, text: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None):
+                labels: torch.Tensor | None = None, item_seeds: torch.Tensor | None = None):
         v = self.model.encode_video(video) if video is not None else None
         t = self.model.encode_text(text) if text is not None else None
         if labels is None:
@@ -127,7 +127,7 @@ class DualEncoder(nn.Module):
         if self.objective is None:
             raise RuntimeError("DualEncoder got labels but has no objective (set dual_encoder(wrapper).objective)")
         with torch.autocast(labels.device.type, enabled=False):
-            return self.objective(v, t, labels)
+            return self.objective(v, t, labels, item_seeds)
 
 
 # A block may list here the names of methods other than ``forward`` that use its weights (M2-CLIP's decoder

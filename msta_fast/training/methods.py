@@ -9,7 +9,7 @@ module can add one without editing the recipes, e.g. in ``msta_fast/m2clip/recip
     class M2CLIP(Method):
         def prepare(self, model, cfg):            # patch: add adapters and heads, freeze the rest
             ...
-        def loss(self, ctx, video_emb, class_emb, labels):  # extra heads and losses
+        def loss(self, ctx, video_emb, class_emb, labels, item_seeds=None):  # extra heads and losses
             ...
 
     register_method(M2CLIP("m2clip"))
@@ -19,8 +19,9 @@ and list the module in :data:`PLUGINS` (or import it before ``get_method``). The
 - ``prepare(model, cfg) -> model``: patch the backbone (``cfg`` is the method's resolved config);
 - ``trains``: False for evaluation-only methods (zero-shot);
 - ``uses_descriptions(cfg)``: whether the consistency constraint is on (description embeddings get computed);
-- ``loss(ctx, video_emb, class_emb, labels) -> (loss, parts)``: the training loss of a batch, with ``ctx`` a
-  :class:`LossContext` (temperature, the description embeddings, the config);
+- ``loss(ctx, video_emb, class_emb, labels, item_seeds) -> (loss, parts)``: the training loss of a batch, with
+  ``ctx`` a :class:`LossContext` (temperature, the description embeddings, the config) and ``item_seeds`` the
+  loader's per-item seeds (for randomness that must not depend on the batch or the number of processes);
 - ``scores(ctx, video_emb, class_emb) -> (B, C)``: class probabilities for evaluation.
 """
 
@@ -87,7 +88,8 @@ class Method:
         use = self.uses_descriptions(cfg)
         return VideoTextLoss(spatial if use else None, temporal if use else None, cfg["loss"]["weight"])
 
-    def loss(self, ctx: LossContext, video_emb, class_emb, labels) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, ctx: LossContext, video_emb, class_emb, labels, item_seeds=None) -> tuple[torch.Tensor, dict]:
+        """``item_seeds`` (B,): the loader's per-item seeds, for loss terms with randomness of their own."""
         return ctx.criterion(video_emb, class_emb, labels, ctx.temp)
 
     def scores(self, ctx: LossContext, video_emb, class_emb) -> torch.Tensor:
