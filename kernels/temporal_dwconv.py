@@ -16,7 +16,7 @@ found by index arithmetic, never by a permuted copy:
   1, W*T and T rows.
 - ``"frames"`` (LAYOUT 1): row ``(clip*T + t)*L + cls + hh*W + ww``; offsets move by L, W and 1 rows.
 
-Neighbours' ``u`` (the (M, C) tensor ``u`` is never written to memory):
+Neighbours' ``u``, for a temporal kernel (kT, 1, 1) (the (M, C) tensor ``u`` is never written to memory):
 
 - **halo tiles** (``HALO`` > 0: the ViCLIP layout with a temporal-only kernel (kT, 1, 1), MSTA's
   default): a token's temporal neighbours are the rows next to it, so each program computes ``u``
@@ -27,12 +27,14 @@ Neighbours' ``u`` (the (M, C) tensor ``u`` is never written to memory):
 - **clip tiles** (``FRAME_T`` = T > 0: the frame-row layout with a temporal-only kernel, T a power
   of two up to 16): a tile holds J = BLOCK_M / T tokens of one clip in all T of its frames
   (t-major), so every temporal neighbour of a tile row is in the tile, J rows away. One GEMM per row.
-- **general** (neither: spatial taps): the neighbour may be any distance away, so ``u`` of each
-  neighbour is recomputed from ``h`` (one small GEMM of K = r per tap; r <= 256 so ``h`` rows are
-  cheap to reload): a (3,3,3) kernel costs 27x the up-projection's FLOPs.
+
+Both run one up-projection GEMM per row. Kernels with spatial taps (and tilings that do not fit) run
+unfused: the plain up-projection kernel writes ``u`` and :mod:`msta_fast.kernels.token_dwconv` adds the
+convolution, reading each neighbour from memory (recomputing ``u`` per tap would cost 27 GEMMs at
+(3,3,3)).
 
 The backward kernel gives ``du = gA + conv^T(gA)`` and the convolution's weight and bias gradients
-(atomically reduced over row tiles), with the same two ways to reach the neighbours.
+(atomically reduced over row tiles) from the same tiles.
 """
 
 from __future__ import annotations
@@ -42,8 +44,8 @@ import triton
 import triton.language as tl
 
 from msta_fast.kernels.runtime import dot_precision, maybe_autotune, next_pow2, small_tiles_when
-
-LAYOUT_CODES = {"viclip": 0, "frames": 1}
+from msta_fast.kernels.token_dwconv import token_dwconv_bwd, token_dwconv_fwd
+from msta_fast.kernels.token_grid import LAYOUT_CODES, neighbour_row, row_strides
 
 # GPU search space (not yet measured on a GPU: a plausible H100 set; BLOCK_N x BLOCK_R tiles of Wu stay on chip).
 _CONFIGS = [
@@ -53,7 +55,7 @@ _CONFIGS = [
     for w, s in ((4, 2), (8, 3))
 ]
 _PRUNE = {"early_config_prune": small_tiles_when(
-    lambda a: a["h_ptr"].element_size() == 4 or a["KT"] * a["KH"] * a["KW"] > 3, {"BLOCK_M": 32, "BLOCK_N": 64}
+    lambda a: a["h_ptr"].element_size() == 4, {"BLOCK_M": 32, "BLOCK_N": 64}
 )}
 # Interpreter blocks: large (fewer Python-level programs), still not a divisor of the test shapes.
 _INTERPRET_BLOCKS = {"BLOCK_M": 32, "BLOCK_N": 64}
@@ -72,17 +74,6 @@ def _token_coords(rows, L, T, W, HAS_CLS: tl.constexpr, LAYOUT: tl.constexpr):
         t = (rows // L) % T
         n = p
     return t, n // W, n % W, is_patch
-
-
-@triton.jit
-def neighbour_row(rows, t, hh, ww, is_patch, ST, SH, SW, T, H, W, ot, oh, ow):
-    """Row of the grid neighbour at offset (ot, oh, ow) and whether it exists."""
-    tn = t + ot
-    hn = hh + oh
-    wn = ww + ow
-    valid = is_patch & (tn >= 0) & (tn < T) & (hn >= 0) & (hn < H) & (wn >= 0) & (wn < W)
-    nrows = rows + ot * ST + oh * SH + ow * SW
-    return tl.where(valid, nrows, 0), valid
 
 
 @triton.jit
@@ -161,12 +152,9 @@ def _up_tconv_fwd_kernel(
                     if (kt == KT // 2) and (kh == KH // 2) and (kw == KW // 2):
                         un = u
                     else:
-                        nrows, valid = neighbour_row(rows, t, hh, ww, is_patch, ST, SH, SW, T, H, W,
-                                                  kt - KT // 2, kh - KH // 2, kw - KW // 2)
-                        if STEP > 0:
-                            un = _shifted_rows(u, valid, (kt - KT // 2) * STEP, BLOCK_M, BLOCK_N)
-                        else:
-                            un = _up_rows(h_ptr, nrows, valid, rr, R, wut, bu, PRECISION, HAS_BU)
+                        _, valid = neighbour_row(rows, t, hh, ww, is_patch, ST, SH, SW, T, H, W,
+                                                 kt - KT // 2, kh - KH // 2, kw - KW // 2)
+                        un = _shifted_rows(u, valid, (kt - KT // 2) * STEP, BLOCK_M, BLOCK_N)
                     conv += un * wtap[None, :]
         if HAS_CB:
             conv += tl.load(cb_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
@@ -213,8 +201,7 @@ def _up_tconv_bwd_kernel(
     # The reductions count each row once: its owner's.
     ga_patch = tl.where((is_patch & owned)[:, None], ga, 0.0)
     du = ga
-    if STEP > 0:
-        u = _up_rows(h_ptr, rows, row_ok, rr, R, wut, bu, PRECISION, HAS_BU)
+    u = _up_rows(h_ptr, rows, row_ok, rr, R, wut, bu, PRECISION, HAS_BU)
     for kt in tl.static_range(KT):
         for kh in tl.static_range(KH):
             for kw in tl.static_range(KW):
@@ -224,16 +211,11 @@ def _up_tconv_bwd_kernel(
                 ow = kw - KW // 2
                 wtap = tl.load(cw_ptr + cols * (KT * KH * KW) + tap, mask=col_ok, other=0.0).to(tl.float32)
                 # Transposed convolution: token q receives w[k] * gA[p] from p = nb(q, -k).
-                srows, svalid = neighbour_row(rows, t, hh, ww, is_patch, ST, SH, SW, T, H, W, -ot, -oh, -ow)
-                nrows, nvalid = neighbour_row(rows, t, hh, ww, is_patch, ST, SH, SW, T, H, W, ot, oh, ow)
-                if STEP > 0:
-                    gs = _shifted_rows(ga, svalid, -ot * STEP, BLOCK_M, BLOCK_N)
-                    un = _shifted_rows(u, nvalid, ot * STEP, BLOCK_M, BLOCK_N)
-                else:
-                    gs = tl.load(g_ptr + srows[:, None] * C + cols[None, :], mask=svalid[:, None] & col_ok[None, :],
-                                 other=0.0).to(tl.float32) * gscale
-                    # Weight gradient: needs u at the forward neighbour nb(p, k), recomputed from h.
-                    un = _up_rows(h_ptr, nrows, nvalid, rr, R, wut, bu, PRECISION, HAS_BU)
+                _, svalid = neighbour_row(rows, t, hh, ww, is_patch, ST, SH, SW, T, H, W, -ot, -oh, -ow)
+                _, nvalid = neighbour_row(rows, t, hh, ww, is_patch, ST, SH, SW, T, H, W, ot, oh, ow)
+                gs = _shifted_rows(ga, svalid, -ot * STEP, BLOCK_M, BLOCK_N)
+                # Weight gradient: u at the forward neighbour nb(p, k), from the tile's own u.
+                un = _shifted_rows(u, nvalid, ot * STEP, BLOCK_M, BLOCK_N)
                 du += gs * wtap[None, :]
                 tl.atomic_add(dcw_ptr + tap * C + cols, tl.sum(ga_patch * un, axis=0), mask=col_ok)
     if HAS_CB:
@@ -242,21 +224,17 @@ def _up_tconv_bwd_kernel(
              mask=owned[:, None] & col_ok[None, :])
 
 
-def row_strides(tokens: int, grid: tuple[int, int, int], layout: str) -> tuple[int, int, int]:
-    """Rows between grid neighbours along t, h, w: (1, W*T, T) for "viclip", (L, W, 1) for "frames"."""
-    T, _, W = grid
-    return (1, W * T, T) if layout == "viclip" else (tokens, W, 1)
-
-
-def row_tiling(layout: str, kernel: tuple[int, int, int], frames: int) -> dict:
-    """``HALO`` and ``FRAME_T`` of the kernels (module docstring) for a convolution kernel and T frames."""
+def row_tiling(layout: str, kernel: tuple[int, int, int], frames: int) -> dict | None:
+    """``HALO`` and ``FRAME_T`` of the fused kernels for a convolution kernel and T frames (module docstring);
+    None where neither tiling holds the temporal neighbours (the convolution then runs unfused)."""
     kt, kh, kw = kernel
-    temporal_only = kh == kw == 1
-    # halo up to kT = 9: the smallest tile (32 rows) then still keeps half of its rows
-    halo = kt // 2 if layout == "viclip" and temporal_only and kt <= 9 else 0
-    # clip tiles: T divides the smallest tile (32 rows) with at least 2 tokens per frame
-    frame_t = frames if layout == "frames" and temporal_only and frames & (frames - 1) == 0 and frames <= 16 else 0
-    return {"HALO": halo, "FRAME_T": frame_t}
+    if kh != 1 or kw != 1:
+        return None
+    if layout == "viclip" and kt <= 9:  # the smallest tile (32 rows) still keeps half of its rows
+        return {"HALO": kt // 2, "FRAME_T": 0}
+    if layout == "frames" and frames & (frames - 1) == 0 and frames <= 16:  # >= 2 tokens per frame in 32 rows
+        return {"HALO": 0, "FRAME_T": frames}
+    return None
 
 
 def _tile_grid(M: int, C: int, tokens: int, tiling: dict):
@@ -270,6 +248,12 @@ def _tile_grid(M: int, C: int, tokens: int, tiling: dict):
 def _launch_meta(kernel) -> dict:
     """Explicit blocks in the interpreter, autotuned ones on a GPU; the grid reads whichever applies."""
     return {} if isinstance(kernel, triton.runtime.Autotuner) else dict(_INTERPRET_BLOCKS)
+
+
+def _patch_tokens(rows: torch.Tensor, tokens: int, has_cls: bool) -> torch.Tensor:
+    """(M, C) token rows -> a view of the patch tokens (rows, N, C), the layout :mod:`token_dwconv` takes."""
+    blocks = rows.view(-1, tokens, rows.shape[1])  # (B, L, C) for "viclip", (B*T, L, C) for "frames"
+    return blocks[:, 1:] if has_cls else blocks
 
 
 def up_tconv_fwd(
@@ -290,9 +274,16 @@ def up_tconv_fwd(
     C = up_w.shape[0]
     T, H, W = grid
     kt, kh, kw = conv_w.shape[2:] if conv_w is not None else (1, 1, 1)
+    tiling = row_tiling(layout, (kt, kh, kw), T) if conv_w is not None else {"HALO": 0, "FRAME_T": 0}
+    if tiling is None:
+        # Spatial taps: u is written once and convolved by the token kernel (reading neighbours from memory
+        # beats recomputing their up-projection per tap: 27 GEMMs at (3,3,3)).
+        u = up_tconv_fwd(h, up_w, up_b, None, None, None, 1.0, tokens, grid, layout, has_cls)
+        patches = _patch_tokens(u, tokens, has_cls)
+        patches += token_dwconv_fwd(patches, conv_w, conv_b, grid, layout)
+        return torch.add(residual, u, alpha=scale) if residual is not None else u.mul_(scale)
     out = torch.empty(M, C, device=h.device, dtype=h.dtype if residual is None else residual.dtype)
     dummy = h
-    tiling = row_tiling(layout, (kt, kh, kw), T) if conv_w is not None else {"HALO": 0, "FRAME_T": 0}
     meta = _launch_meta(_up_tconv_fwd_kernel)
     _up_tconv_fwd_kernel[_tile_grid(M, C, tokens, tiling)](
         h, up_w, up_b if up_b is not None else dummy, conv_w if conv_w is not None else dummy,
@@ -323,10 +314,19 @@ def up_tconv_bwd(
     C = up_w.shape[0]
     T, H, W = grid
     kt, kh, kw = conv_w.shape[2:]
+    tiling = row_tiling(layout, (kt, kh, kw), T)
+    if tiling is None:
+        # Unfused, as the forward: gA, u recomputed by the plain up-projection kernel, the token kernel's backward.
+        du = (grad * gscale).to(h.dtype)
+        u = up_tconv_fwd(h, up_w, up_b, None, None, None, 1.0, tokens, grid, layout, has_cls)
+        du_patches = _patch_tokens(du, tokens, has_cls)
+        du_conv, d_conv_w, d_conv_b = token_dwconv_bwd(du_patches, _patch_tokens(u, tokens, has_cls), conv_w,
+                                                       conv_b is not None, grid, layout)
+        du_patches.add_(du_conv)
+        return du, d_conv_w.to(conv_w.dtype), d_conv_b.to(conv_b.dtype) if conv_b is not None else None
     du = torch.empty(M, C, device=h.device, dtype=h.dtype)
     dcw = torch.zeros(kt * kh * kw, C, device=h.device, dtype=torch.float32)
     dcb = torch.zeros(C, device=h.device, dtype=torch.float32)
-    tiling = row_tiling(layout, (kt, kh, kw), T)
     meta = _launch_meta(_up_tconv_bwd_kernel)
     _up_tconv_bwd_kernel[_tile_grid(M, C, tokens, tiling)](
         grad, h, up_w, up_b if up_b is not None else h, conv_w, du, dcw, dcb,

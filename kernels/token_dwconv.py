@@ -33,11 +33,9 @@ import triton.language as tl
 from msta_fast.adapters.functional import check_dwconv_call, reference_grads, temporal_dwconv_ref
 from msta_fast.kernels import runtime
 from msta_fast.kernels.runtime import check_device, maybe_autotune, small_tiles_when
-from msta_fast.kernels.temporal_dwconv import neighbour_row, row_strides
+from msta_fast.kernels.token_grid import LAYOUT_CODES, neighbour_row, row_strides
 
 __all__ = ["temporal_dwconv_ref", "token_dwconv_triton", "token_dwconv_fwd", "token_dwconv_bwd"]
-
-LAYOUT_CODES = {"viclip": 0, "frames": 1}
 
 # GPU search space (not measured on a GPU yet). The 27-tap backward compiles slowly: small tiles only.
 _CONFIGS = [

@@ -34,6 +34,8 @@ CASES = {
     "frames-nocls-T8-C512-r16-nogs": AdapterCase(
         batch=1, width=512, dim=16, grid=(8, 2, 2), layout="frames", has_cls=False, grad_scale=False
     ),
+    # T = 3 frames: no clip tiles, the convolution runs unfused
+    "frames-cls-T3-C64-r16": AdapterCase(batch=2, width=64, dim=16, grid=(3, 2, 2), layout="frames"),
     # clip tiles (T = 4, a power of two) whose token blocks do not divide the 1 + 15 tokens of a frame
     "frames-cls-T4-C64-r32-k311-drop": AdapterCase(
         batch=3, width=64, dim=32, grid=(4, 3, 5), layout="frames", dropout_p=0.1
