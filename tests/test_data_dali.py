@@ -47,8 +47,9 @@ def test_train_loader_matches_the_cpu_loader(vp9_list, device):
     root, samples = vp9_list
     cpu = collect(build_train_loader(samples, root, batch_size=4, num_frames=T, size=S, seed=3, backend="pyav"))
     dali = collect(DaliVideoLoader(samples, root, batch_size=4, num_frames=T, size=S, seed=3, device=device))
-    for key in ("label", "video_index", "view_index", "replaced"):
+    for key in ("label", "video_index", "view_index", "replaced", "item_seed"):
         assert torch.equal(cpu[key], dali[key]), key
+    assert len(set(dali["item_seed"].tolist())) == 10  # one seed per item
     assert dali["video"].shape == (10, T, 3, S, S)
     assert_close_clips(cpu["video"], dali["video"])
 
