@@ -20,7 +20,8 @@ BATCH, FRAMES, CLASSES = 32, 8, 400
 
 def build_step(backend: str | None, dim: int, name: str = "viclip-b16", device: str = "cuda", batch: int = BATCH,
                classes: int = CLASSES):
-    """A closure running one training step; ``backend`` None = the frozen backbone alone."""
+    """A closure running one training step (with ``.model`` and ``.video`` attached); ``backend`` None = the
+    frozen backbone alone."""
     import msta_fast
     from msta_fast.ops import set_backend
 
@@ -40,6 +41,7 @@ def build_step(backend: str | None, dim: int, name: str = "viclip-b16", device: 
                 loss = torch.nn.functional.cross_entropy(model(video, ids), labels)
             loss.backward()
 
+        frozen_step.model, frozen_step.video = model, video
         return frozen_step
     set_backend(backend)
     msta_fast.patch(model, "msta", dim=dim, start_layer=1, scale=0.005, dropout=0.1, num_frames=FRAMES)
@@ -58,6 +60,7 @@ def build_step(backend: str | None, dim: int, name: str = "viclip-b16", device: 
         opt.step()
         opt.zero_grad(set_to_none=True)
 
+    train_step.model, train_step.video = model, video
     return train_step
 
 
