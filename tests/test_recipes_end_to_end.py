@@ -97,11 +97,16 @@ def test_corrupt_video_does_not_stop_a_run(train, cache, tmp_path):
     assert 0 <= results["methods"]["msta"]["base"] <= 100
 
 
-def test_resume_after_kill_matches_uninterrupted_run(train, cache, tmp_path):
+@pytest.mark.parametrize("method, options", [
+    ("msta", []),
+    # M2-CLIP: its heads, decoder and MLM masks (from the items' seeds) resume too; head dropout from the saved RNG
+    ("m2clip", ["--set", "method_overrides={m2clip: {adapter: {options: {dim: 16}}}}"]),
+])
+def test_resume_after_kill_matches_uninterrupted_run(train, cache, tmp_path, method, options):
     # 24 videos, micro-batch 4, global batch 8: 3 optimizer steps per epoch, 2 epochs; the kill is at step 4,
     # in the middle of the second epoch, right after the checkpoint of that step.
-    extra = ["--methods", "msta", "--set", "optim.epochs=2", "--set", "optim.micro_batch_size=4",
-             "--set", "checkpointing.every_steps=1"]
+    extra = ["--methods", method, "--set", "optim.epochs=2", "--set", "optim.micro_batch_size=4",
+             "--set", "checkpointing.every_steps=1", *options]
     train(["--setting", "b2n", *tiny_args(cache, tmp_path / "warmup"), "--methods", "zero"])  # the cache exists
     reference = tmp_path / "uninterrupted"
     train(["--setting", "b2n", *tiny_args(cache, reference), *extra])
@@ -110,15 +115,15 @@ def test_resume_after_kill_matches_uninterrupted_run(train, cache, tmp_path):
            "--set", "debug.kill_at_step=4"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == -9, proc.stderr[-2000:]
-    checkpoints = killed / "msta" / "seed1" / "checkpoints"
+    checkpoints = killed / method / "seed1" / "checkpoints"
     assert (checkpoints / "LATEST").read_text() == "step000000004"
     assert not (killed / "results.json").exists()
     train(["--setting", "b2n", *tiny_args(cache, killed), *extra, "--resume"])
-    a = load_file(reference / "msta" / "seed1" / "adapters.safetensors")
-    b = load_file(killed / "msta" / "seed1" / "adapters.safetensors")
+    a = load_file(reference / method / "seed1" / "adapters.safetensors")
+    b = load_file(killed / method / "seed1" / "adapters.safetensors")
     assert a.keys() == b.keys() and len(a) > 0
     for key in a:
         torch.testing.assert_close(b[key], a[key], rtol=1e-5, atol=1e-6, msg=key)
-    ref = json.loads((reference / "results.json").read_text())["methods"]["msta"]
-    res = json.loads((killed / "results.json").read_text())["methods"]["msta"]
+    ref = json.loads((reference / "results.json").read_text())["methods"][method]
+    res = json.loads((killed / "results.json").read_text())["methods"][method]
     assert res == ref
