@@ -197,7 +197,7 @@ def train_job(method: Method, cfg: dict, job: Job, model, info: DistInfo, job_di
         group: list = []
         for i, batch in enumerate(iterate_keeping_rng(loader)):
             video, labels = batch["video"].to(info.device), batch["label"].to(info.device)
-            item_seeds = batch["item_seed"].to(info.device)
+            item_seeds = batch["item_seed"].to(info.device) if "item_seed" in batch else None
             # an accumulation group ends every `accum` batches and at the end of the epoch
             group_size = min(accum, batches_left - (i - i % accum)) if accum > 1 else 1
             with amp if amp is not None else contextlib.nullcontext():
