@@ -86,8 +86,8 @@ def mask_tokens(
     if candidates is not None:
         candidate &= candidates.to(ids.device)
 
-    choose, pick_order, action, random_index = (d.to(ids.device) for d in _mask_draws(ids.shape, len(words), generator,
-                                                                                       row_seeds))
+    draws = _mask_draws(ids.shape, len(words), generator, row_seeds)
+    choose, pick_order, action, random_index = (d.to(ids.device) for d in draws)
     chosen = candidate & (choose < prob)
     # Captions with candidates but none chosen: choose one candidate at random.
     needs_one = candidate.any(1) & ~chosen.any(1)
