@@ -268,3 +268,20 @@ def test_viclip_b16_on_kinetics_400_trains_about_16m_parameters():
     mlm = B16_TEXT + TEXT_B16 + linear(B16_TEXT, B16_TEXT) + 2 * B16_TEXT + linear(B16_TEXT, words)
     assert count_trainable(model) == 12 * TED_B16 + 2 * TEXT_B16 + linear(B16_WIDTH, 400) + mlm
     assert count_trainable(model) == 16_308_838  # K-400's names give a word list of 598 tokens
+
+
+def test_visual_head_dropout_from_item_seeds_does_not_depend_on_the_batch():
+    from msta_fast.adapters.m2clip import VisualHead
+
+    head = VisualHead(256, 256, dropout=0.5).train()
+    with torch.no_grad():  # an identity classifier shows the mask itself
+        head.fc.weight.copy_(torch.eye(256))
+        head.fc.bias.zero_()
+    cls = torch.ones(6, 256)
+    seeds = torch.tensor([11, 12, 13, 14, 15, 16])
+    whole = head(cls, seeds)
+    torch.testing.assert_close(torch.cat([head(cls[:2], seeds[:2]), head(cls[2:], seeds[2:])]), whole)
+    assert set(whole.unique().tolist()) == {0.0, 2.0}  # dropped, or kept and scaled by 1 / (1 - p)
+    assert 0.4 < (whole == 0).float().mean() < 0.6
+    assert not torch.equal(head(cls, seeds + 100), whole)
+    torch.testing.assert_close(head.eval()(cls, seeds), cls)  # no dropout in evaluation

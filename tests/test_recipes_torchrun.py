@@ -49,17 +49,16 @@ def torchrun(out: Path, cache: Path, port: int, *extra: str) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
-M2CLIP_DETERMINISTIC = ["--methods", "m2clip", "--set",
-                        "method_overrides={m2clip: {adapter: {options: {dim: 16, head_dropout: 0.0}}}}"]
+M2CLIP_OPTIONS = ["--methods", "m2clip", "--set", "method_overrides={m2clip: {adapter: {options: {dim: 16}}}}"]
 
 
 @pytest.fixture(scope="module")
 def m2clip_single_process(tmp_path_factory):
-    """M2-CLIP in one process, the global batch of 8 in one forward (the contrastive head is batch-wide: it must
-    see what the two processes see together), head dropout off (its masks are drawn per process)."""
+    """M2-CLIP in one process with every head and its dropout, the global batch of 8 in one forward (the
+    contrastive head is batch-wide: it must see what the two processes see together)."""
     cache = tmp_path_factory.getbasetemp() / "recipes_cache"
     out = tmp_path_factory.mktemp("m2clip_single")
-    load_recipe("train").main(["--setting", "b2n", *tiny_args(cache, out), *M2CLIP_DETERMINISTIC])
+    load_recipe("train").main(["--setting", "b2n", *tiny_args(cache, out), *M2CLIP_OPTIONS])
     return out
 
 
@@ -67,11 +66,11 @@ def m2clip_single_process(tmp_path_factory):
 def test_m2clip_on_two_cpu_processes_matches_one_process(m2clip_single_process, tmp_path_factory, tmp_path,
                                                           strategy, port):
     """M2-CLIP's heads run inside the wrapped forward, its contrastive head on the gathered global batch, its MLM
-    masks from the items' seeds and its decoder pass as an FSDP2 forward method of the last text block: sharded
-    (FSDP2) or replicated (DDP) training gives the adapters, the decoder, the visual head and the scores of one
-    process."""
+    masks and head dropout from the items' seeds, its decoder pass as an FSDP2 forward method of the last text
+    block: sharded (FSDP2) or replicated (DDP) training gives the adapters, the decoder, the visual head and the
+    scores of one process."""
     cache = tmp_path_factory.getbasetemp() / "recipes_cache"
-    torchrun(tmp_path, cache, port, *M2CLIP_DETERMINISTIC, "--set", "optim.micro_batch_size=4",
+    torchrun(tmp_path, cache, port, *M2CLIP_OPTIONS, "--set", "optim.micro_batch_size=4",
              "--set", f"distributed.strategy={strategy}")
     steps = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [s["mlm"] > 0 for s in steps if s["tag"].startswith("train/")] == [True] * 3

@@ -176,9 +176,17 @@ class VisualHead(nn.Module):
         nn.init.normal_(self.fc.weight, std=0.02)
         nn.init.zeros_(self.fc.bias)
 
-    def forward(self, cls: torch.Tensor) -> torch.Tensor:
-        """cls: (B, width) -> logits (B, num_classes)."""
-        return self.fc(self.dropout(cls))
+    def forward(self, cls: torch.Tensor, item_seeds: torch.Tensor | None = None) -> torch.Tensor:
+        """cls: (B, width) -> logits (B, num_classes). With ``item_seeds`` (B,) each row's dropout mask comes
+        from its own seed (the same in any batch and on any number of processes)."""
+        p = self.dropout.p
+        if item_seeds is None or not self.training or p == 0:
+            return self.fc(self.dropout(cls))
+        # salted, so that this mask is not the one the same seed drew for the item's augmentation or masks
+        rows = [torch.rand(cls.shape[1], generator=torch.Generator().manual_seed(int(s) ^ 0x5EED_DF0D))
+                for s in item_seeds.tolist()]
+        keep = (torch.stack(rows) >= p).to(cls.device, cls.dtype)
+        return self.fc(cls * keep / (1 - p))
 
 
 class M2CLIPAdapters(nn.Module):

@@ -122,8 +122,8 @@ class M2CLIPObjective:
                  item_seeds: torch.Tensor | None = None):
         """video_emb (B, E), class_emb (C, E) from the adapted towers, labels (B,) -> (loss, parts as floats).
 
-        The MLM masks come from ``item_seeds`` (B,), one per video (the recipes pass the loader's
-        ``item_seed``), else from ``generator`` (or torch's global generator)."""
+        The MLM masks and the visual head's dropout come from ``item_seeds`` (B,), one per video (the
+        recipes pass the loader's ``item_seed``), else from ``generator`` / torch's global generator."""
         parts: dict[str, torch.Tensor] = {}
         if self.heads.contrastive:
             videos, video_labels = gather_batch(video_emb), gather_batch(labels)
@@ -134,7 +134,7 @@ class M2CLIPObjective:
         text_terms = [parts[k] for k in ("contrastive", "text_ce") if k in parts]
         total = torch.stack(text_terms).mean() if text_terms else video_emb.new_zeros(())
         if self.heads.visual_ce:
-            parts["visual_ce"] = F.cross_entropy(visual_head_logits(self.model).float(), labels)
+            parts["visual_ce"] = F.cross_entropy(visual_head_logits(self.model, item_seeds).float(), labels)
             total = total + parts["visual_ce"]
         if self.heads.mlm:
             parts["mlm"] = self.mlm_loss(labels, generator, item_seeds)
@@ -142,12 +142,13 @@ class M2CLIPObjective:
         return total, {"loss": float(total.detach()), **{k: float(v.detach()) for k, v in parts.items()}}
 
 
-def visual_head_logits(model: nn.Module) -> torch.Tensor:
-    """The visual head's logits (B, num_classes) for the last video forward of the model."""
+def visual_head_logits(model: nn.Module, item_seeds: torch.Tensor | None = None) -> torch.Tensor:
+    """The visual head's logits (B, num_classes) for the last video forward of the model (``item_seeds``: the
+    dropout masks in training, one per video; see :class:`msta_fast.adapters.m2clip.VisualHead`)."""
     adapters = model.m2clip_adapters
     if adapters.head is None:
         raise ValueError("the model has no visual head (patch with num_classes=...)")
     if "cls" not in adapters.features:
         raise RuntimeError("no video forward of the patched model has run yet")
     # The loss may run outside the autocast region of the forward: features in bf16, the head in fp32.
-    return adapters.head(adapters.features["cls"].to(adapters.head.fc.weight.dtype))
+    return adapters.head(adapters.features["cls"].to(adapters.head.fc.weight.dtype), item_seeds)

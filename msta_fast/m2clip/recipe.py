@@ -6,8 +6,8 @@
   texts of the recipe's template (``loss.template``; M2-CLIP's own prompt is "A video of {}");
 - under torchrun (FSDP2 or DDP) as in one process: the recipe computes the loss inside the wrapped
   model's forward, so the heads and the masked-language pass see gathered (FSDP2) and tracked (DDP)
-  parameters, and the MLM masks come from the loader's per-item seeds, so N processes train what
-  one process trains on the same global batch;
+  parameters, and the MLM masks and the visual head's dropout come from the loader's per-item seeds,
+  so N processes train what one process trains on the same global batch;
 - evaluation: the text head (cosine similarity to the class texts) for every list, zero-shot and
   novel classes included; the visual head's accuracy as well, where the list's classes are the
   training classes (it has no output for any other class).
@@ -58,7 +58,7 @@ class M2CLIP(Method):
         return model
 
     def loss(self, ctx, video_emb, class_emb, labels, item_seeds=None):
-        """The objective, its MLM masks drawn from the items' seeds (the same with any number of processes)."""
+        """The objective, its random parts drawn from the items' seeds (the same with any number of processes)."""
         return ctx.criterion(video_emb, class_emb, labels, ctx.temp, item_seeds=item_seeds)
 
     def criterion(self, cfg: dict, spatial, temporal) -> nn.Module:
