@@ -77,6 +77,20 @@ def _token_coords(rows, L, T, W, HAS_CLS: tl.constexpr, LAYOUT: tl.constexpr):
 
 
 @triton.jit
+def _up_weight_tile(wu_ptr, bu_ptr, pid_n, C, R, HAS_BU: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr):
+    """The program's columns of C, which exist, the r index, the Wu^T tile (BLOCK_R, BLOCK_N) (up_w is (C, R)
+    row-major) and the up-projection's bias (BLOCK_N,) in fp32 (zeros without one)."""
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_ok = cols < C
+    rr = tl.arange(0, BLOCK_R)
+    wut = tl.load(wu_ptr + cols[None, :] * R + rr[:, None], mask=(rr < R)[:, None] & col_ok[None, :], other=0.0)
+    bu = tl.zeros((BLOCK_N,), tl.float32)
+    if HAS_BU:
+        bu = tl.load(bu_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+    return cols, col_ok, rr, wut, bu
+
+
+@triton.jit
 def _up_rows(h_ptr, nrows, valid, rr, R, wut, bu, PRECISION: tl.constexpr, HAS_BU: tl.constexpr):
     """u[nrows] = h[nrows] @ Wu^T (+ bu) for the valid rows, 0 elsewhere: (BLOCK_M, BLOCK_N) fp32."""
     hn = tl.load(h_ptr + nrows[:, None] * R + rr[None, :], mask=valid[:, None] & (rr < R)[None, :], other=0.0)
@@ -129,14 +143,7 @@ def _up_tconv_fwd_kernel(
     rows, row_ok, owned = _tile_rows(pid_m, M, L, HALO, FRAME_T, BLOCK_M)
     # tile rows between a token and its next frame; 0: its neighbours are not in the tile
     STEP: tl.constexpr = BLOCK_M // FRAME_T if FRAME_T > 0 else (1 if HALO > 0 else 0)
-    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    rr = tl.arange(0, BLOCK_R)
-    col_ok = cols < C
-    # Wu^T tile (BLOCK_R, BLOCK_N): up_w is (C, R) row-major.
-    wut = tl.load(wu_ptr + cols[None, :] * R + rr[:, None], mask=(rr < R)[:, None] & col_ok[None, :], other=0.0)
-    bu = tl.zeros((BLOCK_N,), tl.float32)
-    if HAS_BU:
-        bu = tl.load(bu_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+    cols, col_ok, rr, wut, bu = _up_weight_tile(wu_ptr, bu_ptr, pid_n, C, R, HAS_BU, BLOCK_N, BLOCK_R)
     # u of the tile's own rows: A = u (+ the temporal path below).
     u = _up_rows(h_ptr, rows, row_ok, rr, R, wut, bu, PRECISION, HAS_BU)
     acc = u
@@ -186,14 +193,8 @@ def _up_tconv_bwd_kernel(
     rows, row_ok, owned = _tile_rows(pid_m, M, L, HALO, FRAME_T, BLOCK_M)
     # tile rows between a token and its next frame; 0: its neighbours are not in the tile
     STEP: tl.constexpr = BLOCK_M // FRAME_T if FRAME_T > 0 else (1 if HALO > 0 else 0)
-    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    rr = tl.arange(0, BLOCK_R)
-    col_ok = cols < C
+    cols, col_ok, rr, wut, bu = _up_weight_tile(wu_ptr, bu_ptr, pid_n, C, R, HAS_BU, BLOCK_N, BLOCK_R)
     mask = row_ok[:, None] & col_ok[None, :]
-    wut = tl.load(wu_ptr + cols[None, :] * R + rr[:, None], mask=(rr < R)[:, None] & col_ok[None, :], other=0.0)
-    bu = tl.zeros((BLOCK_N,), tl.float32)
-    if HAS_BU:
-        bu = tl.load(bu_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
     # gA = dL/dA (the output gradient times s unless gradient scaling hides s from the parameters).
     ga = tl.load(g_ptr + rows[:, None] * C + cols[None, :], mask=mask, other=0.0).to(tl.float32) * gscale
     t, hh, ww, is_patch = _token_coords(rows, L, T, W, HAS_CLS, LAYOUT)

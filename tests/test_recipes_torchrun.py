@@ -95,7 +95,7 @@ rank = dist.get_rank()
 rows = 3 if rank == 0 else 5  # uneven: the last batch of an epoch may be
 x = torch.arange(rows * 2, dtype=torch.float32).reshape(rows, 2).add(100 * rank).requires_grad_()
 labels = torch.full((rows,), rank)
-everything, all_labels = gather_batch(x), gather_batch(labels)
+everything, all_labels = gather_batch(x, labels)
 assert everything.shape == (8, 2) and all_labels.tolist() == [0] * 3 + [1] * 5
 assert torch.equal(everything[:3].detach(), torch.arange(6.0).reshape(3, 2))
 assert torch.equal(everything[3:].detach(), torch.arange(10.0).reshape(5, 2) + 100)

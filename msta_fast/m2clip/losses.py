@@ -126,7 +126,7 @@ class M2CLIPObjective:
         recipes pass the loader's ``item_seed``), else from ``generator`` / torch's global generator."""
         parts: dict[str, torch.Tensor] = {}
         if self.heads.contrastive:
-            videos, video_labels = gather_batch(video_emb), gather_batch(labels)
+            videos, video_labels = gather_batch(video_emb, labels)
             parts["contrastive"] = contrastive_kl_loss(cosine_logits(videos, class_emb[video_labels], temp),
                                                        video_labels)
         if self.heads.text_ce:

@@ -59,34 +59,29 @@ def barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
-def all_gather_cat(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
-    """Concatenate equally shaped per-rank tensors in rank order (dim 0)."""
-    if not info.enabled:
-        return tensor
-    parts = [torch.empty_like(tensor) for _ in range(info.world_size)]
-    dist.all_gather(parts, tensor.contiguous())
-    return torch.cat(parts)
+def gather_batch(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Every rank's rows of each tensor concatenated in rank order (the tensors of one call share their row
+    count; ranks may hold different counts), with the gradient flowing back to each rank's own rows. The
+    tensors themselves without a process group of more than one rank.
 
-
-def gather_batch(tensor: torch.Tensor) -> torch.Tensor:
-    """Every rank's rows of ``tensor`` concatenated in rank order (ranks may hold different row counts), with
-    the gradient flowing back to each rank's own rows: what a batch-wide (contrastive) loss needs to see
-    the global batch. The tensor itself without a process group of more than one rank.
-
-    Every rank computing the same loss on the gathered batch and then averaging parameter gradients
-    (DDP, FSDP) gives the gradient of one process on the whole batch: the gather's backward sums the
-    ranks' copies of the gradient."""
+    A batch-wide (contrastive) loss computed by every rank on the gathered batch, followed by the usual
+    averaging of parameter gradients (DDP, FSDP), gives the gradient of one process on the whole batch:
+    the gather's backward sums the ranks' copies of the gradient."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return tensor
+        return tensors
     from torch.distributed.nn.functional import all_gather
 
-    count = torch.tensor([tensor.shape[0]], device=tensor.device)
+    rows = tensors[0].shape[0]
+    count = torch.tensor([rows], device=tensors[0].device)
     counts = [torch.zeros_like(count) for _ in range(dist.get_world_size())]
     dist.all_gather(counts, count)
     counts = [int(c) for c in counts]
-    padding = tensor.new_zeros(max(counts) - tensor.shape[0], *tensor.shape[1:])
-    parts = all_gather(torch.cat([tensor, padding]))
-    return torch.cat([part[:n] for part, n in zip(parts, counts, strict=True)])
+    gathered = []
+    for tensor in tensors:
+        padding = tensor.new_zeros(max(counts) - rows, *tensor.shape[1:])
+        parts = all_gather(torch.cat([tensor, padding]))
+        gathered.append(torch.cat([part[:n] for part, n in zip(parts, counts, strict=True)]))
+    return tuple(gathered)
 
 
 def all_reduce_max(value: float, info: DistInfo) -> float:

@@ -13,7 +13,7 @@ import torch
 from tqdm import tqdm
 
 from msta_fast.data.sampling import aggregate_views
-from msta_fast.training.distributed import DistInfo, all_gather_cat
+from msta_fast.training.distributed import DistInfo, gather_batch
 
 
 def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor, ks=(1, 5)) -> dict[str, float]:
@@ -50,10 +50,9 @@ def evaluate(score_fn: Callable[[torch.Tensor], torch.Tensor], loader, info: Dis
         local_video.append(batch["video_index"].to(info.device))
         local_view.append(batch["view_index"].to(info.device))
         local_replaced.append(batch["replaced"].to(info.device))
-    scores = all_gather_cat(torch.cat(local_scores), info).cpu()
-    video_index = all_gather_cat(torch.cat(local_video).long(), info).cpu()
-    view_index = all_gather_cat(torch.cat(local_view).long(), info).cpu()
-    replaced = all_gather_cat(torch.cat(local_replaced).bool(), info).cpu()
+    gathered = gather_batch(torch.cat(local_scores), torch.cat(local_video).long(), torch.cat(local_view).long(),
+                            torch.cat(local_replaced).bool())
+    scores, video_index, view_index, replaced = (t.cpu() for t in gathered)
     per_video = aggregate_views(scores, video_index, view_index, num_videos, num_views)
     labels = torch.tensor([label for _, label in dataset.samples])
     bad = torch.zeros(num_videos, dtype=torch.bool)
