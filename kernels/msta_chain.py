@@ -24,7 +24,7 @@ traces through them.
 
 import torch
 
-from msta_fast.adapters.functional import check_call, msta_adapter_ref, reference_grads
+from msta_fast.ops.reference import check_call, msta_adapter_ref, reference_grads
 from msta_fast.kernels import runtime
 from msta_fast.kernels.adapter_hidden import dropout_keep, hidden_bwd, hidden_fwd
 from msta_fast.kernels.runtime import check_device

@@ -30,7 +30,7 @@ import torch
 import triton
 import triton.language as tl
 
-from msta_fast.adapters.functional import check_dwconv_call, reference_grads, temporal_dwconv_ref
+from msta_fast.ops.reference import check_dwconv_call, reference_grads, temporal_dwconv_ref
 from msta_fast.kernels import runtime
 from msta_fast.kernels.runtime import check_device, maybe_autotune, small_tiles_when
 from msta_fast.kernels.token_grid import LAYOUT_CODES, neighbour_row, row_strides

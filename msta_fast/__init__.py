@@ -1,18 +1,7 @@
 """msta-fast: parameter-efficient transfer of video-language models to action recognition."""
 
-# First, before torch's internals import Triton: on a machine without a GPU this sets
-# TRITON_INTERPRET=1 so that the fused kernels can run in Triton's interpreter.
-import msta_fast.kernels.runtime  # noqa: F401, I001
-from msta_fast.adapters import (
-    PatchConfig,
-    adapter_parameters,
-    disable_adapters,
-    load_adapters,
-    patch,
-    save_adapters,
-    trainable_parameters,
-    unpatch,
-)
+from msta_fast.adapter_io import load_adapters, read_adapters, save_adapters
+from msta_fast.methods import get_method, list_methods, register_method
 from msta_fast.models import (
     CLIP_MEAN,
     CLIP_STD,
@@ -30,6 +19,7 @@ from msta_fast.models import (
     load_viclip,
     tokenize,
 )
+from msta_fast.patching import adapter_parameters, disable_adapters, patch, trainable_parameters, unpatch
 
 __version__ = "0.1.0"
 
@@ -40,7 +30,6 @@ __all__ = [
     "IMAGENET_STD",
     "CheckpointMismatchError",
     "FrameCLIP",
-    "PatchConfig",
     "ViCLIP",
     "ViCLIPConfig",
     "adapter_parameters",
@@ -48,11 +37,15 @@ __all__ = [
     "build_viclip",
     "disable_adapters",
     "frame_clip_from_viclip",
+    "get_method",
+    "list_methods",
     "list_models",
     "load_adapters",
     "load_frame_clip",
     "load_viclip",
     "patch",
+    "read_adapters",
+    "register_method",
     "save_adapters",
     "tokenize",
     "trainable_parameters",

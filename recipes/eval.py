@@ -1,4 +1,5 @@
-"""Evaluate saved adapters on a protocol's evaluation lists (the same loaders and scoring as train.py).
+"""Evaluate saved adapters on a protocol's evaluation lists, with the loaders and scoring of train.py (the same
+library function, ``msta_fast.training.evaluation.evaluate_lists``).
 
     python recipes/eval.py --run runs/b2n_hmdb                 # every method and job of a finished run
     python recipes/eval.py --setting b2n --dataset hmdb --checkpoint ViClip-InternVid-10M-FLT.pth \\
@@ -15,35 +16,29 @@ import json
 import sys
 from pathlib import Path
 
-import torch
-
-from msta_fast.adapters import load_adapters
-from msta_fast.training.config import SETTINGS, ConfigError, build_config, load_yaml
-from msta_fast.training.distributed import cleanup, init_distributed, unwrap, wrap_model
-from msta_fast.training.evaluation import evaluate
-from msta_fast.training.jobs import plan_jobs
-from msta_fast.training.loaders import eval_loader
-from msta_fast.training.losses import similarity_logits
+from msta_fast.adapter_io import load_adapters, read_adapter_metadata
+from msta_fast.training.config import SETTINGS, ConfigError, build_config, load_yaml, method_config, method_options
+from msta_fast.training.distributed import DistInfo, cleanup, init_distributed, wrap
+from msta_fast.training.evaluation import evaluate_lists
+from msta_fast.training.jobs import Job, plan_jobs
 from msta_fast.training.results import markdown_table
+from msta_fast.training.sources import load_backbone, resolve_sources
+from msta_fast.training.step import TrainStep
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train import CONFIGS, class_tokens, load_backbone, resolve_sources  # noqa: E402
+CONFIGS = Path(__file__).resolve().parent / "configs"
 
 
-def evaluate_adapters(cfg: dict, job, checkpoint: Path, adapters: Path | None, info) -> dict:
+def evaluate_adapters(cfg: dict, job: Job, checkpoint: Path, adapters: Path | None, info: DistInfo) -> dict:
+    """The job's evaluation lists scored with ``adapters`` on the backbone (None: the backbone as it is)."""
     model = load_backbone(cfg, checkpoint)
+    method = read_adapter_metadata(adapters)["method"] if adapters is not None else "zero"
     if adapters is not None:
-        load_adapters(model, adapters)  # patches with the options saved beside the weights
-    wrapper = wrap_model(model, info, cfg["distributed"]["strategy"]).eval()
-    temp = unwrap(wrapper).temp
-    out = {}
-    with torch.no_grad():
-        for name, (evalset, root) in job.evals.items():
-            _, text = wrapper(None, class_tokens(cfg, evalset.classes).to(info.device))
-            metrics = evaluate(lambda v, text=text: similarity_logits(wrapper(v, None)[0], text, temp).softmax(-1),
-                               eval_loader(evalset, root, cfg, info), info, desc=f"eval {job.name}/{name}")
-            out[name] = {k: metrics[k] for k in ("top1", "top5", "num_videos", "replaced")}
-    return out
+        load_adapters(model, adapters)  # patches with the method and options saved beside the weights
+    mcfg = method_config(cfg, method)
+    spec, config, loss_options = method_options(mcfg, method)
+    objective = spec.objective(model, config, job.classes, loss_options, template=mcfg["loss"]["template"])
+    wrapper = wrap(TrainStep(model, objective), info, mcfg["distributed"]["strategy"])
+    return evaluate_lists(wrapper, job.evals, mcfg, info, label=f"eval {job.name}")
 
 
 def main(argv: list[str] | None = None) -> dict:

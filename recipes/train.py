@@ -6,57 +6,64 @@ fully supervised.
         --data-root /data/hmdb51 --methods zero,msta
     torchrun --nproc_per_node 8 recipes/train.py --setting full --dataset k400 ...   # FSDP2 by default
 
-Order of the recipe: read and validate the config, set up the distributed run, make or find the data and the
-backbone, then for every method and every job of the protocol (seeds, shots, ...): patch, train with an explicit
-loop (gradient accumulation to the global batch, per-iteration warm-up + cosine, atomic checkpoints), evaluate,
-and finally write ``results.json``, a table and a plot into the run directory.
+The recipe, top to bottom: read and validate the config; set up the distributed run; find (or make) the data and
+the backbone; plan the protocol's jobs (seeds, shots, ...); then for every method and job: load the backbone,
+patch it with the method's adapters, build the method's objective, wrap model + objective in a ``TrainStep``
+(FSDP2 / DDP), train with an explicit loop (gradient accumulation to the global batch, per-iteration warm-up +
+cosine, atomic checkpoints, the epoch selected on a validation list), evaluate, save the adapters; finally write
+``results.json``, a table and a plot into the run directory.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
 import json
 import math
-import os
-import signal
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from msta_fast.adapters import count_trainable, load_adapters
-from msta_fast.models import load_viclip, tokenize
-from msta_fast.training import assets
+from msta_fast.adapter_io import load_adapters, save_adapters
+from msta_fast.patching import count_trainable, patch
 from msta_fast.training.checkpoint import (
+    atomic_write_text,
     latest_checkpoint,
     load_checkpoint,
-    optimizer_names,
+    read_json,
     save_checkpoint,
-    write_adapters,
 )
-from msta_fast.training.config import SETTINGS, ConfigError, build_config, method_config, save_config
+from msta_fast.training.config import (
+    SETTINGS,
+    ConfigError,
+    build_config,
+    check_methods,
+    method_config,
+    method_options,
+    save_config,
+)
+from msta_fast.training.descriptions import encode_descriptions, job_descriptions
 from msta_fast.training.distributed import (
     DistInfo,
     all_reduce_max,
     barrier,
     cleanup,
-    dual_encoder,
     init_distributed,
     reshard,
     unwrap,
-    wrap_model,
+    wrap,
 )
-from msta_fast.training.evaluation import evaluate
-from msta_fast.training.jobs import Job, job_descriptions, plan_jobs, summarize
-from msta_fast.training.loaders import eval_loader, iterate_keeping_rng, train_loader
-from msta_fast.training.losses import encode_descriptions
-from msta_fast.training.methods import LossContext, Method, get_method
+from msta_fast.training.evaluation import autocast_for, class_tokens, evaluate_lists
+from msta_fast.training.jobs import Job, plan_jobs, summarize
+from msta_fast.training.loaders import iterate_keeping_rng, train_loader
 from msta_fast.training.results import MetricsLogger, plot_results, results_table, write_results
 from msta_fast.training.schedule import build_optimizer, build_scheduler
+from msta_fast.training.sources import load_backbone, resolve_sources
+from msta_fast.training.step import TrainStep
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 
@@ -91,205 +98,213 @@ def parse_args(argv: list[str] | None = None) -> dict:
     if args.resume:
         flags["resume"] = True
     if args.no_consistency:
-        flags["loss.consistency"] = False
+        flags["loss.msta.consistency"] = False
     return build_config(config, flags, args.set)
 
 
-def autocast_for(cfg: dict, info: DistInfo):
-    """bf16 autocast on GPUs (``precision: auto``), none on the CPU unless ``precision: bf16``."""
-    bf16 = cfg["precision"] == "bf16" or (cfg["precision"] == "auto" and info.device.type == "cuda")
-    return torch.autocast(info.device.type, dtype=torch.bfloat16) if bf16 else None
+# ---------------------------------------------------------------------------------------------------------------
+# One job: backbone -> patch -> objective -> TrainStep -> train -> evaluate -> adapters
+# ---------------------------------------------------------------------------------------------------------------
 
 
-def load_backbone(cfg: dict, checkpoint: Path):
-    """ViCLIP from ``checkpoint``; ``model.overrides`` may set what the shapes do not tell (head counts)."""
-    m = cfg["model"]
-    return load_viclip(checkpoint, num_frames=m["num_frames"], image_size=m["image_size"], **m["overrides"])
+def run_job(method: str, cfg: dict, job: Job, backbone: Path, info: DistInfo, run_dir: Path,
+            logger: MetricsLogger) -> dict:
+    """Train (or, for zero-shot, only evaluate) one method on one job; returns its outcome (``done.json``)."""
+    job_dir = run_dir / method / job.name
+    done = job_dir / "done.json"
+    if cfg["resume"] and done.is_file():
+        return read_json(done)
+    job_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg["seed"] * 1000 + job.seed)
+
+    spec, config, loss_options = method_options(cfg, method)
+    model = load_backbone(cfg, backbone)
+    patch(model, method, config=spec.for_classes(config, job.classes, loss_options))
+    descriptions = None
+    if spec.wants_descriptions(loss_options):  # embedded once by the frozen text tower, before sharding
+        spatial, temporal = job_descriptions(loss_options, job, job.train_root)
+        descriptions = (encode_descriptions(model, spatial, len(job.classes)),
+                        encode_descriptions(model, temporal, len(job.classes)))
+    objective = spec.objective(model, config, job.classes, loss_options, descriptions=descriptions,
+                               template=cfg["loss"]["template"])
+    wrapper = wrap(TrainStep(model, objective), info, cfg["distributed"]["strategy"])
+
+    if spec.trains:
+        outcome = train(wrapper, cfg, job, info, job_dir, logger, label=f"{method}/{job.name}")
+    else:
+        outcome = {"evals": evaluate_lists(wrapper, job.evals, cfg, info, label=f"eval {method}/{job.name}"),
+                   "best_epoch": None}
+    outcome["trainable_parameters"] = count_trainable(model)
+    for name, metrics in outcome["evals"].items():
+        logger.log(f"eval/{method}/{job.name}", 0, name=name, **metrics)
+    if info.is_main:
+        atomic_write_text(done, json.dumps(outcome, indent=2))
+    barrier(info)
+    return outcome
 
 
-def class_tokens(cfg: dict, classes: list[str]) -> torch.Tensor:
-    return tokenize([cfg["loss"]["template"].format(c) for c in classes])
+@dataclass
+class Progress:
+    """What the loop has done, saved in every checkpoint: the optimizer steps taken, the epoch in progress (or
+    just finished, ``epoch_done``), the best selection accuracy and its epoch, and the sampler position."""
+
+    step: int = 0
+    epoch: int = 0
+    epoch_done: bool = False
+    best: float = -1.0
+    best_epoch: int = -1
+    sampler: dict | None = None
 
 
-@torch.no_grad()
-def evaluate_job(method: Method, ctx: LossContext, wrapper, job: Job, cfg: dict, info: DistInfo,
-                 names: list[str] | None = None) -> dict:
-    """top-1/top-5 of the job's evaluation lists (all, or ``names``) with the model as it is now."""
-    wrapper.eval()
-    amp = autocast_for(cfg, info)
-    results = {}
-    for name in names or list(job.evals):
-        evalset, root = job.evals[name]
-        with amp if amp is not None else contextlib.nullcontext():
-            _, class_emb = wrapper(None, class_tokens(cfg, evalset.classes).to(info.device))
-        loader = eval_loader(evalset, root, cfg, info)
-
-        def score(video, class_emb=class_emb):
-            return method.scores(ctx, wrapper(video, None)[0], class_emb)
-
-        metrics = evaluate(score, loader, info, desc=f"eval {job.name}/{name}", autocast=amp)
-        results[name] = {k: metrics[k] for k in ("top1", "top5", "num_videos", "replaced")}
-        for head, head_scores in method.extra_scores(ctx, unwrap(wrapper), evalset.classes, job.classes).items():
-            metrics = evaluate(lambda v, f=head_scores: f(wrapper(v, None)[0]), loader, info,
-                               desc=f"eval {job.name}/{name} ({head})", autocast=amp)
-            results[name][head] = {k: metrics[k] for k in ("top1", "top5")}
-    reshard(wrapper)  # FSDP2 keeps the root's parameters gathered after a forward without backward
-    return results
+def train(wrapper, cfg: dict, job: Job, info: DistInfo, job_dir: Path, logger: MetricsLogger, label: str) -> dict:
+    """Train one job (resuming it with ``--resume``); returns ``{"evals", "best_epoch"}``."""
+    return JobTraining(wrapper, cfg, job, info, job_dir, logger, label).run()
 
 
-def train_job(method: Method, cfg: dict, job: Job, model, info: DistInfo, job_dir: Path,
-              logger: MetricsLogger) -> dict:
-    """Train ``model`` (already patched) on the job; returns ``{"evals", "best_epoch"}``."""
-    o = cfg["optim"]
-    spatial = temporal = None
-    if method.uses_descriptions(cfg):
-        spatial_text, temporal_text = job_descriptions(cfg, job, job.train_root)
-        # Computed once by the frozen, adapter-free text tower (before sharding).
-        spatial = encode_descriptions(model, spatial_text, len(job.classes))
-        temporal = encode_descriptions(model, temporal_text, len(job.classes))
-    criterion = method.criterion(cfg, spatial, temporal).to(info.device)
-    wrapper = wrap_model(model, info, cfg["distributed"]["strategy"])
-    model = unwrap(wrapper)
-    ctx = LossContext(temp=model.temp, cfg=cfg, criterion=criterion)
-    dual_encoder(wrapper).objective = functools.partial(method.loss, ctx)  # the loss runs inside the forward
-    ids = class_tokens(cfg, job.classes).to(info.device)
+class JobTraining:
+    """The training loop of one job, as torchtune's recipes: set up in ``__init__``, then ``run``: epochs of
+    ``train_epoch``, each followed by ``select_epoch`` (b2n) and a checkpoint; then the final evaluation."""
 
-    micro = o["micro_batch_size"]
-    accum = max(1, math.ceil(o["batch_size"] / (micro * info.world_size)))
-    if accum * micro * info.world_size != o["batch_size"] and info.is_main:
-        print(f"note: global batch {o['batch_size']} is not micro {micro} x {info.world_size} devices x "
-              f"an integer; using {accum * micro * info.world_size}", flush=True)
-    loader = train_loader(job.train, job.train_root, cfg, info, seed=cfg["seed"] * 1000 + job.seed, batch_size=micro)
-    steps_per_epoch = math.ceil(math.ceil(len(loader.sampler) / micro) / accum)
-    total_steps = o["epochs"] * steps_per_epoch
-    optimizer = build_optimizer(model, o["lr"], o["weight_decay"], o["betas"])
-    optimizer_names(model, optimizer)  # names of the sharded parameters, recorded now
-    scheduler = build_scheduler(optimizer, total_steps, round(o["warmup_epochs"] * steps_per_epoch),
-                                o["min_lr_ratio"])
-    state = {"step": 0, "epoch": 0, "best": -1.0, "best_epoch": -1, "sampler": None}
-    ckpt_dir = job_dir / "checkpoints"
-    best_path = job_dir / "best_adapters.safetensors"
-    latest = latest_checkpoint(ckpt_dir) if cfg["resume"] else None
-    if latest is not None:
-        state = load_checkpoint(latest, model=model, optimizer=optimizer, scheduler=scheduler,
-                                info=info)
-        loader.sampler.load_state_dict(state["sampler"])
-        if info.is_main:
-            print(f"resumed {job_dir} from {latest.name} (epoch {loader.sampler.epoch}, step {state['step']})",
-                  flush=True)
+    def __init__(self, wrapper, cfg: dict, job: Job, info: DistInfo, job_dir: Path, logger: MetricsLogger,
+                 label: str):
+        self.wrapper, self.cfg, self.job, self.info, self.logger, self.label = wrapper, cfg, job, info, logger, label
+        self.model = unwrap(wrapper).model
+        o = cfg["optim"]
+        self.micro = o["micro_batch_size"]
+        self.accum = accumulation_steps(o["batch_size"], self.micro, info)
+        self.loader = train_loader(job.train, job.train_root, cfg, info, seed=cfg["seed"] * 1000 + job.seed,
+                                   batch_size=self.micro)
+        self.steps_per_epoch = math.ceil(math.ceil(len(self.loader.sampler) / self.micro) / self.accum)
+        self.optimizer = build_optimizer(self.model, o["lr"], o["weight_decay"], o["betas"])
+        self.scheduler = build_scheduler(self.optimizer, o["epochs"] * self.steps_per_epoch,
+                                         round(o["warmup_epochs"] * self.steps_per_epoch), o["min_lr_ratio"])
+        self.class_ids = class_tokens(cfg["loss"]["template"], job.classes).to(info.device)
+        self.amp = autocast_for(cfg, info)
+        self.checkpoints, self.best_path = job_dir / "checkpoints", job_dir / "best_adapters.safetensors"
+        self.job_dir = job_dir
+        self.progress = Progress()
 
-    def checkpoint(consumed: int) -> None:
-        reshard(wrapper)  # save the optimizer's (sharded) parameters, not stale gathered copies
-        state["sampler"] = loader.sampler.state_dict(consumed=consumed)
-        save_checkpoint(ckpt_dir, model=model, optimizer=optimizer, scheduler=scheduler,
-                        state=state, info=info)
+    def run(self) -> dict:
+        first_epoch = self.resume() if self.cfg["resume"] else 0
+        epochs = self.cfg["optim"]["epochs"]
+        self.bar = tqdm(total=epochs * self.steps_per_epoch, initial=self.progress.step, desc=f"train {self.label}",
+                        disable=not self.info.is_main)
+        for epoch in range(first_epoch, epochs):
+            self.progress.epoch, self.progress.epoch_done = epoch, False
+            consumed = self.train_epoch(epoch)
+            if self.job.select is not None:
+                self.select_epoch(epoch)
+            self.progress.epoch_done = True
+            self.save_checkpoint(consumed)
+        self.bar.close()
+        reshard(self.wrapper)
+        if self.job.select is not None and self.best_path.is_file():
+            load_adapters(self.model, self.best_path)  # the epoch with the best selection accuracy is evaluated
+        evals = evaluate_lists(self.wrapper, self.job.evals, self.cfg, self.info, label=f"eval {self.label}")
+        save_adapters(self.model, self.job_dir / "adapters.safetensors", write=self.info.is_main)
+        return {"evals": evals, "best_epoch": self.progress.best_epoch if self.job.select is not None else None}
 
-    amp = autocast_for(cfg, info)
-    bar = tqdm(total=total_steps, initial=state["step"], desc=f"train {method.name}/{job.name}",
-               disable=not info.is_main)
-    start_epoch = loader.sampler.epoch if latest is not None else 0
-    for epoch in range(start_epoch, o["epochs"]):
-        state["epoch"] = epoch
+    def resume(self) -> int:
+        """Restore the last checkpoint, if any; returns the epoch to start with."""
+        latest = latest_checkpoint(self.checkpoints)
+        if latest is None:
+            return 0
+        saved = load_checkpoint(latest, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
+                                info=self.info)
+        self.progress = Progress(**saved)
+        self.loader.sampler.load_state_dict(self.progress.sampler)
+        if self.info.is_main:
+            print(f"resumed {self.job_dir} from {latest.name} (epoch {self.progress.epoch}, step "
+                  f"{self.progress.step})", flush=True)
+        return self.progress.epoch + 1 if self.progress.epoch_done else self.progress.epoch
+
+    def train_epoch(self, epoch: int) -> int:
+        """One epoch (or what is left of it after a resume): forward, backward, an optimizer step every
+        ``accum`` micro-batches, a checkpoint every ``checkpointing.every_steps`` steps; returns the number of
+        this rank's items consumed in the epoch."""
+        loader, progress, info = self.loader, self.progress, self.info
         loader.set_epoch(epoch)
         consumed = len(loader.sampler.epoch_order()) - len(loader.sampler)  # items done before a mid-epoch resume
-        batches_left = math.ceil(len(loader.sampler) / micro)
-        wrapper.train()
-        group: list = []
+        num_batches = math.ceil(len(loader.sampler) / self.micro)
+        every = self.cfg["checkpointing"]["every_steps"]
+        self.wrapper.train()
+        group: list[dict] = []
         for i, batch in enumerate(iterate_keeping_rng(loader)):
             video, labels = batch["video"].to(info.device), batch["label"].to(info.device)
             item_seeds = batch["item_seed"].to(info.device) if "item_seed" in batch else None
-            # an accumulation group ends every `accum` batches and at the end of the epoch
-            group_size = min(accum, batches_left - (i - i % accum)) if accum > 1 else 1
-            with amp if amp is not None else contextlib.nullcontext():
-                loss, parts = wrapper(video, ids, labels, item_seeds)
-            if all_reduce_max(0.0 if torch.isfinite(loss).item() else 1.0, info) > 0:
-                bar.close()
-                where = latest_checkpoint(ckpt_dir)
-                raise FloatingPointError(
-                    f"non-finite loss ({loss.item()}) in {method.name}/{job.name}, epoch {epoch}, step "
-                    f"{state['step']}; the last good checkpoint is {where or 'none (no step finished)'}: lower "
-                    f"optim.lr and continue with --resume")
+            # gradient accumulation: groups of `accum` micro-batches, the epoch's last group possibly smaller
+            group_size = min(self.accum, num_batches - (i // self.accum) * self.accum)
+            with self.amp if self.amp is not None else contextlib.nullcontext():
+                loss, parts = self.wrapper(video, self.class_ids, labels, item_seeds)  # towers, then the objective
+            self.check_finite(loss, epoch)
             (loss / group_size).backward()
             consumed += labels.shape[0]
             group.append(parts)
             if len(group) < group_size:
                 continue
-            if o["grad_clip"] > 0:
-                torch.nn.utils.clip_grad_norm_([p for p in wrapper.parameters() if p.requires_grad], o["grad_clip"])
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            state["step"] += 1
+            self.optimizer_step()
             logs = {k: sum(g[k] for g in group) / len(group) for k in group[0]}
             group = []
-            logger.log(f"train/{method.name}/{job.name}", state["step"], lr=scheduler.get_last_lr()[0],
-                       epoch=epoch, **logs)
-            bar.update()
-            bar.set_postfix(epoch=epoch, **{k: f"{v:.3f}" for k, v in logs.items()})
-            every = cfg["checkpointing"]["every_steps"]
-            if every and state["step"] % every == 0:
-                checkpoint(consumed)
-            if cfg["debug"]["kill_at_step"] == state["step"]:
-                os.kill(os.getpid(), signal.SIGKILL)  # a hard kill, for the tests of --resume
-        if job.select is not None:
-            acc = evaluate_job(method, ctx, wrapper, job, cfg, info, [job.select])[job.select]["top1"]
-            logger.log(f"select/{method.name}/{job.name}", epoch, top1=acc)
-            if acc > state["best"]:
-                state["best"], state["best_epoch"] = acc, epoch
-                write_adapters(model, best_path, info)
-            barrier(info)
-        checkpoint(consumed)
-    bar.close()
-    reshard(wrapper)
-    if job.select is not None and best_path.is_file():
-        load_adapters(model, best_path)  # the epoch with the best selection accuracy is the one evaluated
-    evals = evaluate_job(method, ctx, wrapper, job, cfg, info)
-    write_adapters(model, job_dir / "adapters.safetensors", info)
-    return {"evals": evals, "best_epoch": state["best_epoch"] if job.select is not None else None}
+            self.logger.log(f"train/{self.label}", progress.step, lr=self.scheduler.get_last_lr()[0], epoch=epoch,
+                            **logs)
+            self.bar.update()
+            self.bar.set_postfix(epoch=epoch, **{k: f"{v:.3f}" for k, v in logs.items()})
+            last_of_epoch = i == num_batches - 1  # the epoch-end checkpoint follows, after the selection
+            if every and progress.step % every == 0 and not last_of_epoch:
+                self.save_checkpoint(consumed)
+        return consumed
+
+    def optimizer_step(self) -> None:
+        clip = self.cfg["optim"]["grad_clip"]
+        if clip > 0:
+            torch.nn.utils.clip_grad_norm_([p for p in self.wrapper.parameters() if p.requires_grad], clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.progress.step += 1
+
+    def check_finite(self, loss: torch.Tensor, epoch: int) -> None:
+        if all_reduce_max(0.0 if torch.isfinite(loss).item() else 1.0, self.info) > 0:
+            self.bar.close()
+            raise FloatingPointError(
+                f"non-finite loss ({loss.item()}) in {self.label}, epoch {epoch}, step {self.progress.step}; the "
+                f"last good checkpoint is {latest_checkpoint(self.checkpoints) or 'none (no step finished)'}")
+
+    def select_epoch(self, epoch: int) -> None:
+        """Score the selection list (b2n: base-val); keep the adapters of the best epoch so far."""
+        name = self.job.select
+        acc = evaluate_lists(self.wrapper, self.job.evals, self.cfg, self.info, label=f"select {self.label}",
+                             names=[name])[name]["top1"]
+        self.logger.log(f"select/{self.label}", epoch, top1=acc)
+        if acc > self.progress.best:
+            self.progress.best, self.progress.best_epoch = acc, epoch
+            save_adapters(self.model, self.best_path, write=self.info.is_main)
+        barrier(self.info)
+
+    def save_checkpoint(self, consumed: int) -> None:
+        reshard(self.wrapper)  # save the optimizer's (sharded) parameters, not stale gathered copies
+        self.progress.sampler = self.loader.sampler.state_dict(consumed=consumed)
+        save_checkpoint(self.checkpoints, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
+                        state=vars(self.progress).copy(), info=self.info)
 
 
-def run_job(method: Method, cfg: dict, job: Job, checkpoint: Path, info: DistInfo, run_dir: Path,
-            logger: MetricsLogger) -> dict:
-    job_dir = run_dir / method.name / job.name
-    done = job_dir / "done.json"
-    if cfg["resume"] and done.is_file():
-        return json.loads(done.read_text())
-    job_dir.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(cfg["seed"] * 1000 + job.seed)
-    model = load_backbone(cfg, checkpoint)
-    model = method.prepare_job(model, cfg, job)
-    trainable = count_trainable(model)
-    if method.trains:
-        outcome = train_job(method, cfg, job, model, info, job_dir, logger)
-    else:
-        wrapper = wrap_model(model, info, cfg["distributed"]["strategy"])
-        ctx = LossContext(temp=unwrap(wrapper).temp, cfg=cfg, criterion=torch.nn.Identity())
-        outcome = {"evals": evaluate_job(method, ctx, wrapper, job, cfg, info), "best_epoch": None}
-    outcome["trainable_parameters"] = trainable
-    for name, metrics in outcome["evals"].items():
-        logger.log(f"eval/{method.name}/{job.name}", 0, name=name, **metrics)
-    if info.is_main:
-        done.write_text(json.dumps(outcome, indent=2))
-    barrier(info)
-    return outcome
+def accumulation_steps(batch_size: int, micro: int, info: DistInfo) -> int:
+    """Micro-batches per optimizer step that make the global batch on ``info.world_size`` processes."""
+    accum = max(1, math.ceil(batch_size / (micro * info.world_size)))
+    if accum * micro * info.world_size != batch_size and info.is_main:
+        print(f"note: global batch {batch_size} is not micro {micro} x {info.world_size} devices x an integer; "
+              f"using {accum * micro * info.world_size}", flush=True)
+    return accum
 
 
-def resolve_sources(cfg: dict, info: DistInfo) -> tuple[Path | None, Path]:
-    """(data root, backbone checkpoint); on the synthetic data set both are made on first use."""
-    if cfg["dataset"] == "synthetic":
-        data_root = Path(cfg["data_root"]) if cfg["data_root"] else assets.synthetic_data(cfg, info)
-        if cfg["data_root"] and info.is_main:
-            assets.write_synthetic_descriptions(data_root, cfg["loss"]["num_descriptions"])
-        barrier(info)
-        checkpoint = cfg["checkpoint"] or assets.pretrained_model(cfg, data_root, info)
-        return data_root, Path(checkpoint)
-    if not cfg["checkpoint"]:
-        raise ConfigError(f"--dataset {cfg['dataset']} needs --checkpoint VICLIP.pth (the ViCLIP weights)")
-    return (Path(cfg["data_root"]) if cfg["data_root"] else None), Path(cfg["checkpoint"])
+# ---------------------------------------------------------------------------------------------------------------
+# The run: every method on every job of the protocol, then the results
+# ---------------------------------------------------------------------------------------------------------------
 
 
 def main(argv: list[str] | None = None) -> dict:
     cfg = parse_args(argv)
+    check_methods(cfg)  # every method's options, before any work starts
     info = init_distributed()
     run_dir = Path(cfg["out"] or f"runs/{cfg['setting']}_{cfg['dataset']}")
     if info.is_main:
@@ -298,16 +313,15 @@ def main(argv: list[str] | None = None) -> dict:
     logger = MetricsLogger(run_dir, enabled=info.is_main)
     started = time.time()
     try:
-        data_root, checkpoint = resolve_sources(cfg, info)
+        data_root, backbone = resolve_sources(cfg, info)
         jobs = plan_jobs(cfg, data_root)
         results = {"setting": cfg["setting"], "dataset": cfg["dataset"], "methods": {},
                    "trainable_parameters": {}, "views": _views(cfg, jobs), "config": cfg}
-        for name in cfg["methods"]:
-            method = get_method(name)
-            mcfg = method_config(cfg, name)
-            outcomes = {job.name: run_job(method, mcfg, job, checkpoint, info, run_dir, logger) for job in jobs}
-            results["methods"][name] = summarize(cfg["setting"], jobs, outcomes)
-            results["trainable_parameters"][name] = next(iter(outcomes.values()))["trainable_parameters"]
+        for method in cfg["methods"]:
+            mcfg = method_config(cfg, method)
+            outcomes = {job.name: run_job(method, mcfg, job, backbone, info, run_dir, logger) for job in jobs}
+            results["methods"][method] = summarize(cfg["setting"], jobs, outcomes)
+            results["trainable_parameters"][method] = next(iter(outcomes.values()))["trainable_parameters"]
         results["seconds"] = time.time() - started
         if info.is_main:
             write_results(results, run_dir)

@@ -1,11 +1,13 @@
 """Adapters saved alone (safetensors + options) and loaded back, with clear errors on mismatch."""
 
+import json
+
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
 import msta_fast
-from msta_fast.adapters import read_adapters
+from msta_fast.adapter_io import adapter_state_dict, read_adapter_metadata, read_adapters
 
 
 def patched(method="msta", **kw):
@@ -17,12 +19,15 @@ def patched(method="msta", **kw):
     return model
 
 
-@pytest.mark.parametrize("method", ["msta", "lora", "adaptformer", "full"])
-def test_save_load_round_trip_into_a_fresh_model(tmp_path, method):
-    model = patched(method, dim=8)
-    path = msta_fast.save_adapters(model, tmp_path / "adapter_model.safetensors")
-    config, tensors = read_adapters(path)
-    assert config.method == method and set(tensors) == set(msta_fast.adapter_parameters(model))
+@pytest.mark.parametrize("method, options", [("msta", dict(dim=8)), ("lora", dict(rank=8)),
+                                             ("adaptformer", dict(dim=8)), ("full", {})])
+def test_save_load_round_trip_into_a_fresh_model(tmp_path, method, options):
+    model = patched(method, **options)
+    path = msta_fast.save_adapters(model, tmp_path / "adapter_model.safetensors", extra={"classes": ["a b", "c"]})
+    saved_method, config, tensors = read_adapters(path)
+    assert saved_method == method and config == msta_fast.patching.patch_state(model).config
+    assert set(tensors) == set(msta_fast.adapter_parameters(model))
+    assert read_adapter_metadata(path)["classes"] == ["a b", "c"]
     torch.manual_seed(0)
     fresh = msta_fast.build_viclip("viclip-tiny").eval()  # the same backbone weights
     msta_fast.load_adapters(fresh, path)  # patches with the saved options
@@ -44,7 +49,7 @@ def test_adapter_file_is_small_compared_with_the_model(tmp_path):
 
 def test_shared_layer_is_saved_once(tmp_path):
     model = patched(dim=8)
-    _, tensors = read_adapters(msta_fast.save_adapters(model, tmp_path / "a.safetensors"))
+    _, _, tensors = read_adapters(msta_fast.save_adapters(model, tmp_path / "a.safetensors"))
     assert sum(k.startswith("msta_adapters.shared.") and k.endswith(".weight") for k in tensors) == 2
 
 
@@ -76,3 +81,48 @@ def test_foreign_file_is_refused(tmp_path):
     save_file({"w": torch.zeros(2)}, tmp_path / "other.safetensors")
     with pytest.raises(ValueError, match="not an msta_fast adapter file"):
         msta_fast.load_adapters(msta_fast.build_viclip("viclip-tiny"), tmp_path / "other.safetensors")
+
+
+# What the first adapter format held: one flat option dict (every method's options) for any method.
+V1_OPTIONS = dict(dim=None, start_layer=1, scale=None, dropout=0.1, grad_scale=True, temporal_kernel=[3, 1, 1],
+                  linear_init="kaiming", conv_init="zeros", share=True, towers=None, lora_targets=["q", "k", "v", "o"],
+                  num_frames=8, pre_attn=False, text_layers=None, num_classes=None, head_dropout=0.5,
+                  frame_adapter=True, zero_init_text=True, mlm_vocab=None)
+
+
+@pytest.mark.parametrize("method, v1, options", [
+    ("msta", dict(dim=8, scale=0.1, towers=["vision", "text"]), dict(dim=8, scale=0.1, num_frames=8)),
+    ("lora", dict(dim=4, scale=1.0, towers=["vision"], lora_targets=["q", "v"]), dict(rank=4, targets=("q", "v"))),
+])
+def test_adapters_saved_in_the_first_format_still_load(tmp_path, method, v1, options):
+    """Files written before each method had its own options: the options that apply are kept (LoRA's dim is its
+    rank), the others, which never applied, are dropped."""
+    model = patched(method, **options)
+    tensors = adapter_state_dict(model)
+    config = {**V1_OPTIONS, **v1, "method": method}
+    save_file(tensors, tmp_path / "v1.safetensors", metadata={"format": "msta_fast.adapters/1",
+                                                             "config": json.dumps(config)})
+    torch.manual_seed(0)
+    fresh = msta_fast.build_viclip("viclip-tiny").eval()
+    msta_fast.load_adapters(fresh, tmp_path / "v1.safetensors")
+    assert msta_fast.patching.patch_state(fresh).config == msta_fast.patching.patch_state(model).config
+    x = torch.randn(1, 8, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh.encode_video(x), model.encode_video(x), rtol=0, atol=0)
+
+
+def test_bad_metadata_and_truncated_files_name_the_file(tmp_path):
+    path = msta_fast.save_adapters(patched(dim=8), tmp_path / "a.safetensors")
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(ValueError, match="truncated.safetensors"):
+        msta_fast.load_adapters(msta_fast.build_viclip("viclip-tiny"), truncated)
+    tensors = load_file(path)
+    save_file(tensors, tmp_path / "bad.safetensors", metadata={"format": "msta_fast.adapters/2", "method": "msta",
+                                                              "config": '{"dim": "eight"'})
+    with pytest.raises(ValueError, match="bad.safetensors: metadata entry 'config' is not valid JSON"):
+        msta_fast.load_adapters(msta_fast.build_viclip("viclip-tiny"), tmp_path / "bad.safetensors")
+    save_file(tensors, tmp_path / "opts.safetensors", metadata={"format": "msta_fast.adapters/2", "method": "msta",
+                                                               "config": '{"rank": 8}'})
+    with pytest.raises(ValueError, match="opts.safetensors: the adapter options .* no option 'rank'"):
+        msta_fast.load_adapters(msta_fast.build_viclip("viclip-tiny"), tmp_path / "opts.safetensors")

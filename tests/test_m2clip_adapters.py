@@ -9,9 +9,9 @@ import torch.nn.functional as F
 
 import msta_fast
 import msta_fast.data
-from msta_fast.adapters import count_trainable, get_patch_state
-from msta_fast.adapters.m2clip import TEDAdapter, time_difference
-from msta_fast.m2clip import visual_head_logits
+from msta_fast.methods.m2clip import M2CLIPLossOptions, M2CLIPObjective, VisualHead, WordList, head_options
+from msta_fast.methods.m2clip.adapters import TEDAdapter, time_difference
+from msta_fast.patching import count_trainable, patch_state
 
 B16_WIDTH, B16_TEXT, B16_EMBED, CA = 768, 512, 512, 384
 
@@ -32,6 +32,11 @@ def tiny_viclip(**kw):
 
 def tiny_frame_clip():
     return msta_fast.frame_clip_from_viclip(tiny_viclip())
+
+
+def visual_head(model):
+    """An objective whose visual head scores 3 classes (no MLM head)."""
+    return M2CLIPObjective(model, ["a", "b", "c"], M2CLIPLossOptions(mlm=False))
 
 
 def randomise(model):
@@ -166,8 +171,10 @@ def test_gradients_reach_only_the_adapters(build):
     randomise(model)
     adapters = msta_fast.adapter_parameters(model)
     video = torch.randn(2, 4, 3, 32, 32)
-    loss = model.encode_video(video).square().mean() + model.encode_text(["a video of a cat."]).square().mean()
-    loss = loss + visual_head_logits(model).square().mean()
+    objective = visual_head(model)
+    embedding, features = objective.encode_video(model, video)  # the class token is captured for the head
+    loss = embedding.square().mean() + model.encode_text(["a video of a cat."]).square().mean()
+    loss = loss + objective.visual_head_logits(features).square().mean()
     loss.backward()
     for name, p in model.named_parameters():
         if name not in adapters:
@@ -220,13 +227,13 @@ def test_unpatch_restores_the_model_and_save_load_round_trip(tmp_path):
     msta_fast.patch(model, "m2clip", num_classes=3, mlm_vocab=7, pre_attn=True)
     randomise(model)
     with torch.no_grad():
-        adapted = model.encode_video(video)
-        head = visual_head_logits(model)
+        adapted, features = visual_head(model).encode_video(model, video)
+        head = visual_head(model).visual_head_logits(features)
     path = msta_fast.save_adapters(model, tmp_path / "m2clip.safetensors")
     last_text_block = model.text_encoder.transformer.resblocks[-1]
     assert hasattr(last_text_block, "m2clip_cross_forward")  # the decoder's pass, a method of the block
     msta_fast.unpatch(model)
-    assert model.state_dict().keys() == original.keys() and get_patch_state(model) is None
+    assert model.state_dict().keys() == original.keys() and patch_state(model) is None
     assert not model._forward_hooks and not model.vision_encoder._forward_pre_hooks
     assert not hasattr(last_text_block, "m2clip_cross_forward")
     assert not hasattr(last_text_block, "msta_fast_forward_methods")
@@ -236,10 +243,12 @@ def test_unpatch_restores_the_model_and_save_load_round_trip(tmp_path):
     fresh = tiny_viclip().eval()
     fresh.load_state_dict(original)
     msta_fast.load_adapters(fresh, path)
-    assert get_patch_state(fresh).config.pre_attn and get_patch_state(fresh).config.mlm_vocab == 7
+    assert patch_state(fresh).config.pre_attn and patch_state(fresh).config.mlm_vocab == 7
     with torch.no_grad():
-        torch.testing.assert_close(fresh.encode_video(video), adapted, rtol=0, atol=0)
-        torch.testing.assert_close(visual_head_logits(fresh), head, rtol=0, atol=0)
+        embedding, features = visual_head(fresh).encode_video(fresh, video)
+        torch.testing.assert_close(embedding, adapted, rtol=0, atol=0)
+        torch.testing.assert_close(visual_head(fresh).visual_head_logits(features), head, rtol=0, atol=0)
+    assert not fresh.vision_encoder.ln_post._forward_hooks  # the capture hooks live only as long as a forward
 
 
 def test_bad_m2clip_options_get_clear_errors():
@@ -250,29 +259,26 @@ def test_bad_m2clip_options_get_clear_errors():
         msta_fast.patch(model, "m2clip", text_layers=5)
     with pytest.raises(ValueError, match="num_classes must be"):
         msta_fast.patch(model, "m2clip", num_classes=0)
-    assert get_patch_state(model) is None
+    assert patch_state(model) is None
 
 
 def test_viclip_b16_on_kinetics_400_trains_about_16m_parameters():
     """All of M2-CLIP on K-400's 400 classes: adapters, visual head and the MLM head over the class-name
     word list (the third-party table reports 16M for B/16)."""
     from msta_fast.data.lists import read_labels
-    from msta_fast.m2clip import WordList, patch_m2clip
 
     labels = Path(msta_fast.data.__file__).parent / "protocols" / "vifi" / "labels" / "kinetics_400_labels.csv"
     names = read_labels(labels)
     words = len(WordList.from_class_names(names))
     with torch.device("meta"):
         model = msta_fast.build_viclip("viclip-b16")
-    patch_m2clip(model, names)
+    msta_fast.patch(model, "m2clip", **head_options(names))
     mlm = B16_TEXT + TEXT_B16 + linear(B16_TEXT, B16_TEXT) + 2 * B16_TEXT + linear(B16_TEXT, words)
     assert count_trainable(model) == 12 * TED_B16 + 2 * TEXT_B16 + linear(B16_WIDTH, 400) + mlm
     assert count_trainable(model) == 16_308_838  # K-400's names give a word list of 598 tokens
 
 
 def test_visual_head_dropout_from_item_seeds_does_not_depend_on_the_batch():
-    from msta_fast.adapters.m2clip import VisualHead
-
     head = VisualHead(256, 256, dropout=0.5).train()
     with torch.no_grad():  # an identity classifier shows the mask itself
         head.fc.weight.copy_(torch.eye(256))

@@ -6,17 +6,18 @@ import torch
 import torch.nn.functional as F
 
 import msta_fast
-from msta_fast.m2clip import (
+from msta_fast.methods import Encoded
+from msta_fast.methods.m2clip import (
     IGNORE_INDEX,
-    Heads,
     M2CLIPObjective,
     WordList,
     class_name_positions,
     contrastive_kl_loss,
+    head_options,
     mask_tokens,
-    patch_m2clip,
     same_label_target,
 )
+from msta_fast.methods.m2clip import M2CLIPLossOptions as Heads
 
 CLASSES = ["riding a bike", "playing guitar", "juggling balls", "surfing"]
 
@@ -105,8 +106,14 @@ def test_masks_from_row_seeds_do_not_depend_on_the_batch():
 def objective_setup(heads=None, seed=0):
     torch.manual_seed(seed)
     model = tiny_viclip()
-    patch_m2clip(model, CLASSES, heads, dim=32)
+    msta_fast.patch(model, "m2clip", dim=32, **head_options(CLASSES, heads))
     return model, M2CLIPObjective(model, CLASSES, heads)
+
+
+def encode(model, objective, video):
+    """The batch through both towers, with the features the objective captures from the video forward."""
+    video_emb, features = objective.encode_video(model, video)
+    return Encoded(video_emb, model.encode_text(CLASSES), model.temp, features)
 
 
 def batch():
@@ -116,8 +123,7 @@ def batch():
 def test_total_loss_combines_the_heads_as_published():
     model, objective = objective_setup()
     video, labels = batch()
-    loss, parts = objective(model.encode_video(video), model.encode_text(CLASSES), labels, model.temp,
-                            torch.Generator().manual_seed(0))
+    loss, parts = objective(encode(model, objective, video), labels)
     want = (parts["contrastive"] + parts["text_ce"]) / 2 + parts["visual_ce"] + parts["mlm"] / 10
     assert parts["loss"] == pytest.approx(want, rel=1e-5)
     assert all(v > 0 for v in parts.values())
@@ -128,7 +134,7 @@ def test_each_head_can_be_switched_off(off):
     heads = Heads(**{off: False})
     model, objective = objective_setup(heads)
     video, labels = batch()
-    loss, parts = objective(model.encode_video(video), model.encode_text(CLASSES), labels, model.temp)
+    loss, parts = objective(encode(model, objective, video), labels)
     assert off not in parts and len(parts) == 4
     if off == "visual_ce":
         assert model.m2clip_adapters.head is None
@@ -150,17 +156,17 @@ def test_all_heads_off_and_mismatched_patches_are_errors():
 def test_mlm_head_looks_at_the_video_and_learns():
     model, objective = objective_setup(Heads(contrastive=False, text_ce=False, visual_ce=False), seed=1)
     video, labels = batch()
-    model.encode_video(video)
-    frames = model.m2clip_adapters.features["tokens"]
-    loss = objective.mlm_loss(labels, torch.Generator().manual_seed(0))
+    _, features = objective.encode_video(model, video)
+    frames = features["tokens"]
+    loss = objective.mlm_loss(features, labels)
     (grad,) = torch.autograd.grad(loss, frames, retain_graph=True)
     assert grad.abs().sum() > 0  # the prediction depends on the visual tokens (cross-attention)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=3e-3)
     losses = []
-    for step in range(12):
-        model.encode_video(video)
-        loss = objective.mlm_loss(labels, torch.Generator().manual_seed(step))
+    for _ in range(12):
+        _, features = objective.encode_video(model, video)
+        loss = objective.mlm_loss(features, labels)  # new masks every step
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -174,7 +180,7 @@ def test_gradients_of_the_objective_reach_every_adapter_and_nothing_else():
         for p in msta_fast.adapter_parameters(model).values():
             p.normal_(std=0.1)
     video, labels = batch()
-    loss, _ = objective(model.encode_video(video), model.encode_text(CLASSES), labels, model.temp)
+    loss, _ = objective(encode(model, objective, video), labels)
     loss.backward()
     trainable = msta_fast.adapter_parameters(model)
     for name, p in model.named_parameters():
@@ -191,13 +197,13 @@ def test_objective_after_a_bf16_autocast_forward(build):
     """The recipes run the forward under bf16 autocast on GPUs and the loss after it, outside autocast."""
     torch.manual_seed(0)
     model = build()
-    patch_m2clip(model, CLASSES, dim=16)
+    msta_fast.patch(model, "m2clip", dim=16, **head_options(CLASSES))
     objective = M2CLIPObjective(model, CLASSES)
     video, labels = batch()
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        video_emb, class_emb = model.encode_video(video), model.encode_text(CLASSES)
-    assert video_emb.dtype == torch.bfloat16
-    loss, parts = objective(video_emb, class_emb, labels, model.temp)
+        encoded = encode(model, objective, video)
+    assert encoded.video.dtype == torch.bfloat16
+    loss, parts = objective(encoded, labels)
     loss.backward()
     assert torch.isfinite(loss) and set(parts) == {"loss", "contrastive", "text_ce", "visual_ce", "mlm"}
     assert model.m2clip_adapters.head.fc.weight.grad.abs().sum() > 0

@@ -1,29 +1,21 @@
 """``recipes/train.py --methods m2clip``: a tiny base-to-novel run end to end on the synthetic data set."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
+from test_recipes_end_to_end import load_recipe
 
 import msta_fast
-from msta_fast.training.methods import get_method, list_methods
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_train_recipe():
-    spec = importlib.util.spec_from_file_location("train_recipe", REPO_ROOT / "recipes" / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from msta_fast.methods import get_method, list_methods
+from msta_fast.methods.m2clip import M2CLIPConfig, M2CLIPLossOptions
+from msta_fast.training.config import ConfigError, build_config, method_options
 
 
 def test_m2clip_is_registered():
     assert "m2clip" in list_methods()
     method = get_method("m2clip")
-    assert method.trains and not method.uses_descriptions({"loss": {"consistency": True, "weight": 1.0}})
+    assert method.trains and not method.wants_descriptions(M2CLIPLossOptions())
 
 
 def test_tiny_base_to_novel_run(tmp_path):
@@ -31,13 +23,13 @@ def test_tiny_base_to_novel_run(tmp_path):
     checkpoint = tmp_path / "viclip.pth"
     torch.save({"model": msta_fast.build_viclip("viclip-tiny", num_frames=4).state_dict()}, checkpoint)
     out = tmp_path / "run"
-    results = load_train_recipe().main([
+    results = load_recipe("train").main([
         "--setting", "b2n", "--methods", "m2clip", "--checkpoint", str(checkpoint), "--out", str(out),
         "--cache-dir", str(tmp_path / "cache"),
         "--set", "protocol.seeds=[1]", "--set", "optim.epochs=1", "--set", "model.num_frames=4",
         "--set", "synthetic.train_per_class=16", "--set", "synthetic.val_per_class=2", "--set", "debug.max_videos=24",
         "--set", "synthetic.frames=4", "--set", "eval.select_best=last", "--set", "data.num_workers=0",
-        "--set", "method_overrides={m2clip: {adapter: {options: {dim: 16}}}}",
+        "--set", "adapter.m2clip.dim=16",
     ])
     entry = results["methods"]["m2clip"]
     assert 0 <= entry["base"] <= 100 and 0 <= entry["novel"] <= 100
@@ -46,15 +38,20 @@ def test_tiny_base_to_novel_run(tmp_path):
     assert 0 <= done["evals"]["base"]["visual_head"]["top1"] <= 100
     assert "visual_head" not in done["evals"]["novel"]
     assert done["trainable_parameters"] == results["trainable_parameters"]["m2clip"] > 0
-    saved, tensors = msta_fast.adapters.read_adapters(out / "m2clip" / "seed1" / "adapters.safetensors")
-    assert saved.method == "m2clip" and saved.dim == 16 and saved.num_classes == 12
+    method, saved, tensors = msta_fast.read_adapters(out / "m2clip" / "seed1" / "adapters.safetensors")
+    assert method == "m2clip" and saved.dim == 16 and saved.num_classes == 12
     assert any(k.startswith("m2clip_adapters.decoder.") for k in tensors)
 
 
 @pytest.mark.parametrize("option", ["visual_ce", "mlm"])
 def test_head_switches_reach_the_patch(option):
-    method = get_method("m2clip")
-    cfg = {"adapter": {"options": {option: False, "mask_prob": 0.3}}, "model": {"num_frames": 4}}
-    options, heads, mask_prob = method.split_options(cfg)
-    assert getattr(heads, option) is False and mask_prob == 0.3
-    assert options == {"num_frames": 4}
+    """loss.m2clip switches a head off; the job's patch then has no such head."""
+    cfg = build_config(None, overrides=["methods=[m2clip]", f"loss.m2clip.{option}=false", "loss.m2clip.mask_prob=0.3"])
+    spec, config, heads = method_options(cfg, "m2clip")
+    assert getattr(heads, option) is False and heads.mask_prob == 0.3
+    sized = spec.for_classes(config, ["a b", "c"], heads)
+    assert (sized.num_classes is None) == (option == "visual_ce") and (sized.mlm_vocab is None) == (option == "mlm")
+    assert isinstance(sized, M2CLIPConfig)
+    with pytest.raises(ConfigError, match="every head of the M2-CLIP decoder is switched off"):
+        method_options(build_config(None, overrides=["methods=[m2clip]", "loss.m2clip={contrastive: false, "
+                                                     "text_ce: false, visual_ce: false, mlm: false}"]), "m2clip")

@@ -5,8 +5,8 @@ import torch
 from official_viclip import OfficialViCLIP
 
 import msta_fast
-from msta_fast.adapters import count_trainable, get_patch_state
-from msta_fast.adapters.functional import msta_adapter_ref, temporal_dwconv_ref
+from msta_fast.ops.reference import msta_adapter_ref, token_dwconv_ref
+from msta_fast.patching import count_trainable, patch_state
 
 
 def tiny(**kw):
@@ -24,6 +24,7 @@ def video(frames=8, batch=2):
         ("msta", dict(dim=128, start_layer=8), 1_744_000),  # the authors' logs: 1.744 MB
         ("msta", dict(), 8_712_192),  # the paper's defaults
         ("lora", dict(), 9_437_184),  # the paper's LoRA budget, 9.4M
+        ("lora", dict(rank=64, targets=("q", "v")), 12 * 2 * 64 * (768 + 768)),
         ("adaptformer", dict(), 7_885_824),  # the paper's AdaptFormer budget, 7.9M
         ("full", dict(), 149_603_841),
         ("zero", dict(), 0),
@@ -138,13 +139,13 @@ def test_temporal_conv_layouts_agree():
     weight, bias = torch.randn(C, 1, 3, 3, 3), torch.randn(C)
     viclip_tokens = grid.permute(0, 2, 3, 1, 4).reshape(B, H * W * T, C)  # patch-major, time-minor
     frame_rows = grid.reshape(B * T, H * W, C)
-    a = temporal_dwconv_ref(viclip_tokens, weight, bias, (T, H, W), "viclip")
-    b = temporal_dwconv_ref(frame_rows, weight, bias, (T, H, W), "frames")
+    a = token_dwconv_ref(viclip_tokens, weight, bias, (T, H, W), "viclip")
+    b = token_dwconv_ref(frame_rows, weight, bias, (T, H, W), "frames")
     torch.testing.assert_close(a.reshape(B, H, W, T, C).permute(0, 3, 1, 2, 4), b.reshape(B, T, H, W, C))
     # (3,1,1) mixes exactly the neighbouring frames of one patch.
     w311 = torch.zeros(C, 1, 3, 1, 1)
     w311[:, 0, 0] = 1.0  # out[t] = in[t-1]
-    shifted = temporal_dwconv_ref(frame_rows, w311, None, (T, H, W), "frames").reshape(B, T, H, W, C)
+    shifted = token_dwconv_ref(frame_rows, w311, None, (T, H, W), "frames").reshape(B, T, H, W, C)
     torch.testing.assert_close(shifted[:, 1:], grid[:, :-1])
     assert (shifted[:, 0] == 0).all()
 
@@ -165,7 +166,7 @@ def test_patch_unpatch_round_trip():
     for k, v in model.state_dict().items():
         assert torch.equal(v, original[k]), k
     assert all(p.requires_grad for p in model.parameters())
-    assert get_patch_state(model) is None
+    assert patch_state(model) is None
     with torch.no_grad():
         torch.testing.assert_close(model.encode_video(x), before, rtol=0, atol=0)
     for method in ("msta", "adaptformer", "full", "zero"):
@@ -176,19 +177,24 @@ def test_patch_unpatch_round_trip():
 
 def test_bad_options_get_clear_errors():
     model = tiny()
-    with pytest.raises(ValueError, match="unknown method 'prompt'"):
+    with pytest.raises(KeyError, match="unknown method 'prompt'"):
         msta_fast.patch(model, "prompt")
     with pytest.raises(ValueError, match="start_layer 3 is out of range"):
         msta_fast.patch(model, start_layer=3)
-    with pytest.raises(ValueError, match="start_layer is 1-based"):
+    with pytest.raises(ValueError, match="start_layer must be an integer >= 1"):
         msta_fast.patch(model, start_layer=0)
     with pytest.raises(ValueError, match="dim must be an integer >= 1"):
         msta_fast.patch(model, dim=0)
-    with pytest.raises(ValueError, match="unknown options \\['rank'\\]"):
+    # an option another method has is no option of this one: named, with the method's own list
+    with pytest.raises(ValueError, match="'msta' has no option 'rank'; its options: dim, start_layer"):
         msta_fast.patch(model, rank=4)
+    with pytest.raises(ValueError, match="'lora' has no option 'dim', 'dropout'"):
+        msta_fast.patch(model, "lora", dim=4, dropout=0.1)
+    with pytest.raises(ValueError, match="'full' has no option 'scale'; its options: none"):
+        msta_fast.patch(model, "full", scale=1.0)
     with pytest.raises(ValueError, match="temporal_kernel"):
         msta_fast.patch(model, temporal_kernel=(2, 1, 1))
-    assert get_patch_state(model) is None  # nothing half-done
+    assert patch_state(model) is None  # nothing half-done
     msta_fast.patch(model)
     with pytest.raises(RuntimeError, match="already patched"):
         msta_fast.patch(model)

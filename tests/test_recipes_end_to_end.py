@@ -3,6 +3,8 @@ hard kill mid-epoch giving the same adapters as an uninterrupted run."""
 
 import importlib.util
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -15,8 +17,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def load_recipe(name: str):
+    """recipes/<name>.py as a module (registered, as an import would, so that its dataclasses resolve)."""
+    if f"recipe_{name}" in sys.modules:
+        return sys.modules[f"recipe_{name}"]
     spec = importlib.util.spec_from_file_location(f"recipe_{name}", REPO / "recipes" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
 
@@ -97,24 +103,34 @@ def test_corrupt_video_does_not_stop_a_run(train, cache, tmp_path):
     assert 0 <= results["methods"]["msta"]["base"] <= 100
 
 
+def kill_at(point: str, cmd: list[str]) -> None:
+    """Run ``cmd`` under the kill harness, wait until it stops at ``point`` and kill it from outside (SIGKILL)."""
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).parent / "kill_harness.py"), *cmd],
+                            env={**os.environ, "KILL_AT": point}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status = os.waitpid(proc.pid, os.WUNTRACED)
+    assert os.WIFSTOPPED(status), f"the run ended before {point}: {proc.stderr.read().decode()[-2000:]}"
+    os.kill(proc.pid, signal.SIGKILL)
+    os.waitpid(proc.pid, 0)
+    proc.stderr.close()
+
+
 @pytest.mark.parametrize("method, options", [
     ("msta", []),
     # M2-CLIP: its heads, decoder and MLM masks (from the items' seeds) resume too; head dropout from the saved RNG
-    ("m2clip", ["--set", "method_overrides={m2clip: {adapter: {options: {dim: 16}}}}"]),
+    ("m2clip", ["--set", "adapter.m2clip.dim=16"]),
 ])
 def test_resume_after_kill_matches_uninterrupted_run(train, cache, tmp_path, method, options):
-    # 24 videos, micro-batch 4, global batch 8: 3 optimizer steps per epoch, 2 epochs; the kill is at step 4,
-    # in the middle of the second epoch, right after the checkpoint of that step.
+    # 24 videos, micro-batch 4, global batch 8: 3 optimizer steps per epoch, 2 epochs; saves at steps 1, 2, at the
+    # end of epoch 0 (step 3, after the selection), 4, 5 and at the end of epoch 1. The kill is right after the
+    # 4th save: step 4, in the middle of the second epoch.
     extra = ["--methods", method, "--set", "optim.epochs=2", "--set", "optim.micro_batch_size=4",
              "--set", "checkpointing.every_steps=1", *options]
     train(["--setting", "b2n", *tiny_args(cache, tmp_path / "warmup"), "--methods", "zero"])  # the cache exists
     reference = tmp_path / "uninterrupted"
     train(["--setting", "b2n", *tiny_args(cache, reference), *extra])
     killed = tmp_path / "killed"
-    cmd = [sys.executable, str(REPO / "recipes" / "train.py"), "--setting", "b2n", *tiny_args(cache, killed), *extra,
-           "--set", "debug.kill_at_step=4"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == -9, proc.stderr[-2000:]
+    kill_at("msta_fast.training.checkpoint:save_checkpoint:after:4",
+            [str(REPO / "recipes" / "train.py"), "--setting", "b2n", *tiny_args(cache, killed), *extra])
     checkpoints = killed / method / "seed1" / "checkpoints"
     assert (checkpoints / "LATEST").read_text() == "step000000004"
     assert not (killed / "results.json").exists()

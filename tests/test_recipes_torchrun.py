@@ -19,7 +19,7 @@ pytestmark = pytest.mark.skipif(shutil.which("torchrun") is None and not TORCHRU
 
 def test_fsdp2_on_two_cpu_processes_matches_one_process(tmp_path_factory, tmp_path):
     cache = tmp_path_factory.getbasetemp() / "recipes_cache"
-    extra = ["--methods", "zero,msta", "--set", "adapter.dropout=0.0", "--set", "optim.micro_batch_size=4",
+    extra = ["--methods", "zero,msta", "--set", "adapter.msta.dropout=0.0", "--set", "optim.micro_batch_size=4",
              "--set", "optim.epochs=2"]
     single = tmp_path / "single"
     load_recipe("train").main(["--setting", "b2n", *tiny_args(cache, single), *extra])  # also fills the cache
@@ -49,7 +49,7 @@ def torchrun(out: Path, cache: Path, port: int, *extra: str) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
-M2CLIP_OPTIONS = ["--methods", "m2clip", "--set", "method_overrides={m2clip: {adapter: {options: {dim: 16}}}}"]
+M2CLIP_OPTIONS = ["--methods", "m2clip", "--set", "adapter.m2clip.dim=16"]
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +89,7 @@ def test_m2clip_on_two_cpu_processes_matches_one_process(m2clip_single_process, 
 
 GATHER_SCRIPT = """
 import torch, torch.distributed as dist
-from msta_fast.training.distributed import gather_batch
+from msta_fast.collectives import gather_batch
 dist.init_process_group("gloo")
 rank = dist.get_rank()
 rows = 3 if rank == 0 else 5  # uneven: the last batch of an epoch may be

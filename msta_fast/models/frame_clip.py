@@ -16,6 +16,14 @@ from msta_fast.models.constants import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGE
 from msta_fast.models.tokenizer import tokenize
 
 
+class FlattenFrames(nn.Module):
+    """(B, T, 3, H, W) -> (B*T, 3, H, W). A module of its own so that what runs per frame (a temporal adapter)
+    can read the frames per clip off its input, as it reads the patch grid off the image tower's."""
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        return video.flatten(0, 1)
+
+
 class FrameCLIP(nn.Module):
     """Video (B, T, 3, H, W), ImageNet-normalised like ViCLIP's input -> mean of frame embeddings.
 
@@ -36,8 +44,7 @@ class FrameCLIP(nn.Module):
         b = (torch.tensor(IMAGENET_MEAN) - torch.tensor(mean)) / torch.tensor(std)
         self.register_buffer("renorm_scale", a.view(1, 3, 1, 1), persistent=False)
         self.register_buffer("renorm_shift", b.view(1, 3, 1, 1), persistent=False)
-        # Frames per clip of the current forward; the temporal adapters read it.
-        self.frames_per_clip = 1
+        self.flatten_frames = FlattenFrames()
 
     @property
     def context_length(self) -> int:
@@ -50,10 +57,9 @@ class FrameCLIP(nn.Module):
     def encode_frames(self, video: torch.Tensor) -> torch.Tensor:
         """(B, T, 3, H, W) -> per-frame embeddings (B, T, E)."""
         B, T = video.shape[:2]
-        frames = video.flatten(0, 1)
+        frames = self.flatten_frames(video)
         if self.pixel_stats == "clip":
             frames = frames * self.renorm_scale.to(frames.dtype) + self.renorm_shift.to(frames.dtype)
-        self.frames_per_clip = T
         return self.clip.encode_image(frames).view(B, T, -1)
 
     def encode_video(self, video: torch.Tensor) -> torch.Tensor:

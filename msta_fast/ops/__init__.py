@@ -8,4 +8,6 @@
 
 from msta_fast.ops.dispatch import BACKENDS, get_backend, msta_adapter, resolve_backend, set_backend, temporal_dwconv
 
+token_dwconv = temporal_dwconv  # TEMPORARY
+
 __all__ = ["BACKENDS", "get_backend", "msta_adapter", "resolve_backend", "set_backend", "temporal_dwconv"]

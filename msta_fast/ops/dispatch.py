@@ -27,7 +27,7 @@ import os
 
 import torch
 
-from msta_fast.adapters.functional import msta_adapter_ref, temporal_dwconv_ref
+from msta_fast.ops.reference import msta_adapter_ref, temporal_dwconv_ref
 
 BACKENDS = ("auto", "triton", "ext", "torch")
 _backend: str | None = None

@@ -13,8 +13,8 @@ import threading
 
 import torch
 
-from msta_fast.adapters.functional import check_call, check_dwconv_call
 from msta_fast.ops import extension
+from msta_fast.ops.reference import check_call, check_dwconv_call
 
 LAYOUT_CODES = {"viclip": 0, "frames": 1}
 _registered = False

@@ -16,6 +16,7 @@ from pathlib import Path
 from msta_fast.data.descriptions import save_descriptions
 from msta_fast.data.lists import read_labels
 from msta_fast.data.synthetic import MOTIONS, SHAPES, generate
+from msta_fast.methods.msta import MSTALossOptions
 from msta_fast.training.distributed import DistInfo, barrier
 
 # Sentences for the consistency constraint, written by hand for the synthetic classes.
@@ -37,6 +38,11 @@ MOTION_STEPS = {
 DESCRIPTION_FILES = {"spatial": "s", "temporal": "t"}
 _LABEL_PARTS = {"": "synthetic_labels.csv", "_base": "synthetic_base_labels.csv",
                 "_novel": "synthetic_novel_labels.csv"}
+
+
+def num_descriptions(cfg: dict) -> int:
+    """N, the sentences per class and kind of the consistency constraint (``loss.msta.num_descriptions``)."""
+    return cfg["loss"].get("msta", {}).get("num_descriptions", MSTALossOptions.num_descriptions)
 
 
 def cache_root(cfg: dict) -> Path:
@@ -81,7 +87,7 @@ def synthetic_data(cfg: dict, info: DistInfo) -> Path:
     folder = cache_root(cfg) / "synthetic" / _key(options)
     if info.is_main:
         generate(folder, **options)
-        write_synthetic_descriptions(folder, cfg["loss"]["num_descriptions"])
+        write_synthetic_descriptions(folder, num_descriptions(cfg))
     barrier(info)
     return folder
 

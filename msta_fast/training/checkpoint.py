@@ -1,14 +1,15 @@
-"""Training checkpoints, written atomically: a new folder per save, then an atomic switch of a pointer file.
+"""Training checkpoints, written atomically: a new folder per save, renamed into place when complete, then an
+atomic switch of a pointer file; the previous checkpoint is deleted only after its successor is complete.
 
 Layout of a job's checkpoint folder ``<job>/checkpoints/``::
 
     LATEST                    name of the newest complete checkpoint (replaced with os.replace)
     step000123/adapters.safetensors   trainable parameters (msta_fast.save_adapters format)
-    step000123/state.pt       optimizer (full, unsharded), scheduler, sampler, counters, best metric
+    step000123/state.pt       optimizer (full, unsharded, keyed by parameter name), scheduler, sampler, counters
     step000123/rng_rank{r}.pt torch / numpy / python / CUDA random states of rank r
 
-A killed run leaves at worst an incomplete ``stepN`` folder that ``LATEST`` does not name. Everything loads
-with ``weights_only=True``.
+A killed run leaves at worst a ``.partial`` folder that ``LATEST`` does not name. Everything loads with
+``weights_only=True``; what resume reads is validated (an unreadable pointer or state names the file).
 """
 
 from __future__ import annotations
@@ -22,14 +23,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
-from msta_fast.adapters.io import FORMAT, adapter_state_dict
-from msta_fast.adapters.patching import get_patch_state
+from msta_fast.adapter_io import full_tensor, load_adapters, save_adapters
 from msta_fast.training.distributed import DistInfo, barrier
 
 POINTER = "LATEST"
+PARTIAL = ".partial"
 
 
 def rng_state() -> dict:
@@ -60,63 +60,58 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
-def write_adapters(model: nn.Module, path: Path, info: DistInfo) -> None:
-    """Adapter weights as ``msta_fast.save_adapters`` writes them (gathered from FSDP shards on every rank,
-    written by rank 0, atomically)."""
-    tensors = adapter_state_dict(model)  # a collective under FSDP: every rank calls it
-    if not info.is_main:
-        return
-    config = get_patch_state(model).config
-    metadata = {"format": FORMAT, "config": json.dumps(config.to_dict())}
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that a reader sees the old or the new content, never a part."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
     try:
-        save_file(tensors, tmp, metadata=metadata)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def read_json(path: Path) -> dict:
+    """A JSON object written by this module (``done.json``), or an error naming the file."""
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path} is unreadable ({e}); delete it to redo that part of the run") from e
+    if not isinstance(value, dict):
+        raise ValueError(f"{path} does not hold a JSON object; delete it to redo that part of the run")
+    return value
 
 
-def _full(t: torch.Tensor) -> torch.Tensor:
-    return t.full_tensor() if hasattr(t, "full_tensor") else t
+def _param_names(optimizer: torch.optim.Optimizer) -> dict[int, str]:
+    """``id(parameter) -> name`` from the optimizer's own parameter groups (``param_names``, see build_optimizer)."""
+    names = {}
+    for group in optimizer.param_groups:
+        if "param_names" not in group:
+            raise ValueError("the optimizer's parameter groups carry no param_names (build it with build_optimizer)")
+        names.update({id(p): n for p, n in zip(group["params"], group["param_names"], strict=True)})
+    return names
 
 
-def optimizer_names(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[int, str]:
-    """``id(parameter) -> name`` for the optimizer's parameters, recorded when first asked (right after the
-    optimizer is built, while FSDP2's sharded parameters are the registered ones; later, a module's registered
-    parameters can be gathered copies)."""
-    if not hasattr(optimizer, "msta_fast_names"):
-        optimizer.msta_fast_names = {id(p): n for n, p in model.named_parameters()}
-    return optimizer.msta_fast_names
-
-
-def gather_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+def gather_optimizer_state(optimizer: torch.optim.Optimizer) -> dict:
     """The optimizer's state keyed by parameter name, with FSDP-sharded tensors gathered whole (a collective:
     every rank calls it) and moved to the CPU; plus the param groups' hyperparameters (lr included)."""
-    names = optimizer_names(model, optimizer)
+    names = _param_names(optimizer)
     state, groups = {}, []
     for group in optimizer.param_groups:
-        groups.append({**{k: v for k, v in group.items() if k != "params"},
+        groups.append({**{k: v for k, v in group.items() if k not in ("params", "param_names")},
                        "params": [names[id(p)] for p in group["params"]]})
         for p in group["params"]:
-            state[names[id(p)]] = {k: _full(v).detach().cpu().clone() if isinstance(v, torch.Tensor) else v
+            state[names[id(p)]] = {k: full_tensor(v).detach().cpu().clone() if isinstance(v, torch.Tensor) else v
                                    for k, v in sorted(optimizer.state.get(p, {}).items())}
     return {"state": state, "param_groups": groups}
 
 
-def restore_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, saved: dict) -> None:
+def restore_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict) -> None:
     """Inverse of :func:`gather_optimizer_state`, re-sharding tensors as their parameters are."""
-    names = optimizer_names(model, optimizer)
+    names = _param_names(optimizer)
     params = {names[id(p)]: p for group in optimizer.param_groups for p in group["params"]}
     if len(saved["param_groups"]) != len(optimizer.param_groups):
         raise ValueError("the checkpoint's optimizer has another number of parameter groups")
@@ -143,47 +138,60 @@ def save_checkpoint(folder: Path, *, model: nn.Module, optimizer, scheduler, sta
                     info: DistInfo) -> Path:
     """Save a complete checkpoint of step ``state["step"]`` and point ``LATEST`` at it; returns its folder.
 
-    ``state`` holds the loop's counters and the sampler state (plain Python values and tensors).
+    ``state`` holds the loop's counters and the sampler state (plain Python values and tensors). The folder is
+    written as ``step<N>.partial`` and renamed when complete, to a name no other folder has (``step<N>-1`` if a
+    killed run left a ``step<N>``), so that ``LATEST`` always names a complete checkpoint; the previous one is
+    deleted last.
     """
     folder.mkdir(parents=True, exist_ok=True)
-    target = folder / f"step{state['step']:09d}"
+    base = f"step{state['step']:09d}"
+    partial = folder / (base + PARTIAL)
     if info.is_main:
-        shutil.rmtree(target, ignore_errors=True)
-        target.mkdir()
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir()
     barrier(info)
-    optim_state = gather_optimizer_state(model, optimizer)  # a collective under FSDP
-    write_adapters(model, target / "adapters.safetensors", info)
-    torch.save(rng_state(), target / f"rng_rank{info.rank}.pt")
+    optim_state = gather_optimizer_state(optimizer)  # a collective under FSDP
+    save_adapters(model, partial / "adapters.safetensors", write=info.is_main)  # a collective under FSDP
+    torch.save(rng_state(), partial / f"rng_rank{info.rank}.pt")
     if info.is_main:
-        torch.save({"optimizer": optim_state, "scheduler": scheduler.state_dict(), **state}, target / "state.pt")
+        torch.save({"optimizer": optim_state, "scheduler": scheduler.state_dict(), **state}, partial / "state.pt")
     barrier(info)
     if info.is_main:
-        previous = latest_checkpoint(folder)
-        _atomic_text(folder / POINTER, target.name)
-        if previous is not None and previous != target:
-            shutil.rmtree(previous, ignore_errors=True)
+        name, k = base, 0
+        while (folder / name).exists():
+            k += 1
+            name = f"{base}-{k}"
+        partial.rename(folder / name)
+        atomic_write_text(folder / POINTER, name)
+        for old in folder.iterdir():  # the previous checkpoint, and what killed runs left
+            if old.is_dir() and old.name != name:
+                shutil.rmtree(old, ignore_errors=True)
     barrier(info)
-    return target
+    return latest_checkpoint(folder)
 
 
-def latest_checkpoint(folder: Path) -> Path | None:
+def latest_checkpoint(folder: Path, missing_ok: bool = False) -> Path | None:
+    """The checkpoint ``LATEST`` names, or None when there is none yet. An incomplete one is an error (or, with
+    ``missing_ok``, None: a save may replace it)."""
     pointer = folder / POINTER
     if not pointer.is_file():
         return None
     target = folder / pointer.read_text().strip()
     if not (target / "state.pt").is_file():
+        if missing_ok:
+            return None
         raise FileNotFoundError(f"{pointer} names {target}, which is incomplete or missing")
     return target
 
 
-def load_checkpoint(target: Path, *, model: nn.Module, optimizer, scheduler,
-                    info: DistInfo) -> dict:
+def load_checkpoint(target: Path, *, model: nn.Module, optimizer, scheduler, info: DistInfo) -> dict:
     """Restore adapters, optimizer, scheduler and this rank's RNG from ``target``; returns the loop state."""
-    from msta_fast.adapters.io import load_adapters
-
     load_adapters(model, target / "adapters.safetensors")
-    saved = torch.load(target / "state.pt", map_location="cpu", weights_only=True)
-    restore_optimizer_state(model, optimizer, saved.pop("optimizer"))
+    try:
+        saved = torch.load(target / "state.pt", map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises several types for a damaged file
+        raise ValueError(f"{target / 'state.pt'} is unreadable ({type(e).__name__}: {e})") from e
+    restore_optimizer_state(optimizer, saved.pop("optimizer"))
     scheduler.load_state_dict(saved.pop("scheduler"))
     rng_file = target / f"rng_rank{info.rank}.pt"
     if not rng_file.is_file():

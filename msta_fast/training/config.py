@@ -5,20 +5,26 @@ only set keys that exist there (a typo is an error naming the key and the file),
 default's type (ints are accepted for floats; ``null`` is accepted where the default is ``null``, and anywhere
 under ``model.overrides`` and ``method_overrides``, which are free-form). ``--set`` values are parsed as YAML,
 so ``--set optim.lr=2e-3 --set protocol.seeds=[1]`` work.
+
+Each method's options live in ``adapter.<method>`` (what ``msta_fast.patch`` takes) and ``loss.<method>`` (its
+objective's options); :func:`method_options` validates them against the method's own dataclasses, so an option
+that a method does not have is an error naming it.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
+import math
 import os
 import re
 from pathlib import Path
 
 import yaml
 
+from msta_fast.methods import OptionError, get_method
+
 SETTINGS = ("b2n", "fs", "zs", "full")
-# recipe setting -> msta_fast.data registry setting
-REGISTRY_SETTINGS = {"b2n": "base2novel", "fs": "fewshot", "zs": "zeroshot", "full": "supervised"}
 
 DEFAULTS: dict = {
     "setting": "b2n",
@@ -38,19 +44,13 @@ DEFAULTS: dict = {
         "image_size": 224,
         "overrides": {},  # other ViCLIPConfig keys (head counts; sizes of a model pre-trained from scratch)
     },
-    "adapter": {  # MSTA's options (Table 1); LoRA and AdaptFormer use their published defaults
-        "dim": 256,
-        "start_layer": 1,
-        "scale": 0.005,
-        "dropout": 0.1,
-        "options": {},  # any other msta_fast.patch option (temporal_kernel, conv_init, grad_scale, ...)
-    },
+    # Per method, the options of msta_fast.patch (e.g. adapter.msta.dim, adapter.lora.rank); a method not listed
+    # takes its published defaults (msta_fast/methods/<method>/config.py).
+    "adapter": {},
     "loss": {
-        "consistency": True,  # MSTA's description-guided consistency constraint L_CC (method.md section 3)
-        "weight": 1.0,  # lambda
-        "num_descriptions": 2,  # N
-        "descriptions_dir": None,  # folder with {N}_{s|t}_description_<name>[_base|_novel].json files
-        "template": "a video of {}.",
+        "template": "a video of {}.",  # the class text of every method
+        # Per method, its objective's options, e.g. loss.msta: {consistency, weight, num_descriptions,
+        # descriptions_dir} (the description-guided constraint L_CC, method.md section 3), loss.m2clip: {mlm, ...}.
     },
     "optim": {
         "lr": 1.0e-3,
@@ -104,7 +104,6 @@ DEFAULTS: dict = {
     },
     "method_overrides": {},  # per method: a nested dict merged into the config for that method's runs
     "debug": {
-        "kill_at_step": 0,  # SIGKILL the process right after this optimizer step (tests of --resume)
         "max_videos": 0,  # use at most this many videos per list (quick runs)
     },
 }
@@ -119,7 +118,9 @@ CHOICES = {
 }
 _FLOAT_1_1 = (r"^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+][0-9]+)?|\.[0-9][0-9_]*(?:[eE][-+][0-9]+)?"
               r"|[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+\.[0-9_]*|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$")
-FREE_FORM = ("model.overrides", "adapter.options", "method_overrides", "protocol.target_roots")
+FREE_FORM = ("model.overrides", "adapter", "method_overrides", "protocol.target_roots")
+# loss.<method> sections are checked by the method's own loss options (method_options)
+METHOD_SECTIONS = ("loss",)
 
 
 class _Loader(yaml.SafeLoader):
@@ -174,13 +175,6 @@ def set_dotted(cfg: dict, key: str, value) -> None:
     node[parts[-1]] = value
 
 
-def get_dotted(cfg: dict, key: str):
-    node = cfg
-    for part in key.split("."):
-        node = node[part]
-    return node
-
-
 def _is_free_form(path: str) -> bool:
     return any(path == f or path.startswith(f + ".") for f in FREE_FORM)
 
@@ -193,6 +187,8 @@ def validate(cfg: dict, source: str = "config", defaults: dict = DEFAULTS, prefi
             if not isinstance(value, dict):
                 raise ConfigError(f"{source}: {path} must be a mapping, got {type(value).__name__}")
             continue
+        if prefix.rstrip(".") in METHOD_SECTIONS and key not in defaults and isinstance(value, dict):
+            continue  # a method's section, validated by method_options
         if key not in defaults:
             known = ", ".join(sorted(defaults))
             raise ConfigError(f"{source}: unknown key {path!r} (known here: {known})")
@@ -219,20 +215,45 @@ def validate(cfg: dict, source: str = "config", defaults: dict = DEFAULTS, prefi
     return cfg
 
 
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
 def check_values(cfg: dict, source: str = "config") -> None:
-    """Checks across keys and of ranges, on a complete config."""
-    optim = cfg["optim"]
-    if optim["batch_size"] < 1 or optim["micro_batch_size"] < 1:
-        raise ConfigError(f"{source}: optim.batch_size and optim.micro_batch_size must be >= 1")
-    if optim["lr"] <= 0 or optim["epochs"] < 1:
-        raise ConfigError(f"{source}: optim.lr must be > 0 and optim.epochs >= 1")
-    if not 0 <= optim["min_lr_ratio"] <= 1:
-        raise ConfigError(f"{source}: optim.min_lr_ratio must be in [0, 1]")
-    if not cfg["methods"] or not all(isinstance(m, str) for m in cfg["methods"]):
-        raise ConfigError(f"{source}: methods must be a non-empty list of method names")
-    for seed in cfg["protocol"]["seeds"]:
-        if seed not in (1, 2, 3):
-            raise ConfigError(f"{source}: protocol.seeds must be among 1, 2, 3, got {seed}")
+    """Checks across keys and of ranges, on a complete config: every problem before any work starts."""
+    optim, p = cfg["optim"], cfg["protocol"]
+    checks = [
+        (optim["batch_size"] >= 1, "optim.batch_size must be >= 1"),
+        (optim["micro_batch_size"] >= 1, "optim.micro_batch_size must be >= 1"),
+        (_finite(optim["lr"]) and optim["lr"] > 0, f"optim.lr must be a finite number > 0, got {optim['lr']}"),
+        (optim["epochs"] >= 1, "optim.epochs must be >= 1"),
+        (_finite(optim["warmup_epochs"]) and optim["warmup_epochs"] >= 0, "optim.warmup_epochs must be >= 0"),
+        (_finite(optim["weight_decay"]) and optim["weight_decay"] >= 0, "optim.weight_decay must be >= 0"),
+        (_finite(optim["grad_clip"]) and optim["grad_clip"] >= 0, "optim.grad_clip must be >= 0 (0: off)"),
+        (0 <= optim["min_lr_ratio"] <= 1, "optim.min_lr_ratio must be in [0, 1]"),
+        (len(optim["betas"]) == 2 and all(_finite(b) and 0 <= b < 1 for b in optim["betas"]),
+         f"optim.betas must be two numbers in [0, 1), got {optim['betas']}"),
+        (cfg["eval"]["batch_size"] >= 1, f"eval.batch_size must be >= 1, got {cfg['eval']['batch_size']}"),
+        (cfg["eval"]["num_clips"] >= 0 and cfg["eval"]["num_crops"] in (0, 1, 3),
+         "eval.num_clips must be >= 0 and eval.num_crops 0 (the protocol's), 1 or 3"),
+        (cfg["data"]["num_workers"] >= 0, "data.num_workers must be >= 0"),
+        (0 <= cfg["data"]["flip_prob"] <= 1, "data.flip_prob must be in [0, 1]"),
+        (cfg["checkpointing"]["every_steps"] >= 0, "checkpointing.every_steps must be >= 0 (0: epoch ends only)"),
+        (bool(cfg["methods"]) and all(isinstance(m, str) for m in cfg["methods"]),
+         "methods must be a non-empty list of method names"),
+        (len(set(cfg["methods"])) == len(cfg["methods"]), f"methods lists a method twice: {cfg['methods']}"),
+        (bool(p["seeds"]) and all(s in (1, 2, 3) for s in p["seeds"]),
+         f"protocol.seeds must be a non-empty list among 1, 2, 3, got {p['seeds']}"),
+        (bool(p["shots"]) and all(isinstance(k, int) and k >= 1 for k in p["shots"]),
+         f"protocol.shots must be a non-empty list of integers >= 1, got {p['shots']}"),
+        (bool(p["splits"]) and all(s in (1, 2, 3) for s in p["splits"]),
+         f"protocol.splits must be a non-empty list among 1, 2, 3, got {p['splits']}"),
+        ("{}" in cfg["loss"]["template"], f"loss.template must contain {{}} for the class name, got "
+                                          f"{cfg['loss']['template']!r}"),
+    ]
+    problems = [message for ok, message in checks if not ok]
+    if problems:
+        raise ConfigError(f"{source}: " + "; ".join(problems))
 
 
 def load_yaml(path: str | os.PathLike) -> dict:
@@ -272,7 +293,42 @@ def method_config(cfg: dict, method: str) -> dict:
         raise ConfigError(f"method_overrides.{method} must be a mapping")
     out = merge(cfg, extra)
     validate(out, f"method_overrides.{method}")
+    check_values(out, f"method_overrides.{method}")
     return out
+
+
+def method_options(cfg: dict, method: str):
+    """(the method's registered spec, its patch config from ``adapter.<method>``, its loss options from
+    ``loss.<method>`` or None) for a config from :func:`method_config`; errors name the key."""
+    try:
+        spec = get_method(method)
+    except KeyError as e:
+        raise ConfigError(f"methods: {e.args[0]}") from None
+    patch_section, loss_section = cfg["adapter"].get(method, {}), cfg["loss"].get(method, {})
+    for key, section in ((f"adapter.{method}", patch_section), (f"loss.{method}", loss_section)):
+        if not isinstance(section, dict):
+            raise ConfigError(f"{key} must be a mapping of options, got {section!r}")
+    try:
+        config = spec.config.from_options(**patch_section)
+    except (OptionError, TypeError) as e:
+        raise ConfigError(f"adapter.{method}: {e}") from None
+    if spec.loss_options is None:
+        if loss_section:
+            raise ConfigError(f"loss.{method}: method {method!r} has no loss options, got {sorted(loss_section)}")
+        return spec, config, None
+    known = {f.name for f in dataclasses.fields(spec.loss_options)}
+    if unknown := sorted(set(loss_section) - known):
+        raise ConfigError(f"loss.{method}: unknown option(s) {unknown}; known: {sorted(known)}")
+    try:
+        return spec, config, spec.loss_options(**loss_section)
+    except (OptionError, TypeError) as e:
+        raise ConfigError(f"loss.{method}: {e}") from None
+
+
+def check_methods(cfg: dict) -> None:
+    """Every method's options, validated before any work starts."""
+    for method in cfg["methods"]:
+        method_options(method_config(cfg, method), method)
 
 
 def save_config(cfg: dict, path: str | os.PathLike) -> None:

@@ -1,21 +1,22 @@
-"""Distributed setup under ``torchrun`` (one node or many): process group, device, FSDP2 or DDP wrapping, and
-the collectives the recipes need. Without ``torchrun`` everything degrades to a single process.
+"""Distributed setup under ``torchrun`` (one node or many): process group, device, FSDP2 or DDP wrapping of the
+:class:`~msta_fast.training.step.TrainStep`, and the small collectives the recipes need. Without ``torchrun``
+everything degrades to a single process.
 
-FSDP2 (``fully_shard``) shards every transformer block of both towers, then the root. The recipes call the
-model through :class:`DualEncoder`, one root ``forward`` per step that also computes the training loss, so
-that FSDP's hooks gather the parameters before the towers, the adapters, the temperature and any head that
-runs after the towers (M2-CLIP's) are used, and DDP sees every parameter that gets a gradient.
+FSDP2 (``fully_shard``) shards every transformer block of both towers, then the root (the step, whose forward
+computes the loss; its evaluation methods are registered as forwards too).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from msta_fast.methods.base import EXTRA_FORWARD_METHODS
+from msta_fast.training.step import FORWARD_METHODS, TrainStep
 
 
 @dataclass
@@ -59,75 +60,12 @@ def barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
-def gather_batch(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Every rank's rows of each tensor concatenated in rank order (the tensors of one call share their row
-    count; ranks may hold different counts), with the gradient flowing back to each rank's own rows. The
-    tensors themselves without a process group of more than one rank.
-
-    A batch-wide (contrastive) loss computed by every rank on the gathered batch, followed by the usual
-    averaging of parameter gradients (DDP, FSDP), gives the gradient of one process on the whole batch:
-    the gather's backward sums the ranks' copies of the gradient."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return tensors
-    from torch.distributed.nn.functional import all_gather
-
-    rows = tensors[0].shape[0]
-    count = torch.tensor([rows], device=tensors[0].device)
-    counts = [torch.zeros_like(count) for _ in range(dist.get_world_size())]
-    dist.all_gather(counts, count)
-    counts = [int(c) for c in counts]
-    gathered = []
-    for tensor in tensors:
-        padding = tensor.new_zeros(max(counts) - rows, *tensor.shape[1:])
-        parts = all_gather(torch.cat([tensor, padding]))
-        gathered.append(torch.cat([part[:n] for part, n in zip(parts, counts, strict=True)]))
-    return tuple(gathered)
-
-
 def all_reduce_max(value: float, info: DistInfo) -> float:
     if not info.enabled:
         return value
     t = torch.tensor([value], dtype=torch.float64, device=info.device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return float(t)
-
-
-def broadcast_object(obj, info: DistInfo):
-    if not info.enabled:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-class DualEncoder(nn.Module):
-    """One ``forward`` for both towers: ``(video (B, T, 3, H, W) | None, text ids (N, L) | None)`` ->
-    ``(video embeddings (B, E) | None, text embeddings (N, E) | None)``.
-
-    With ``labels`` (B,) it returns the training loss of the batch instead, ``objective(video embeddings,
-    text embeddings, labels, item_seeds) -> (loss, parts)``, computed inside the forward (outside autocast,
-    on the embeddings as the towers returned them)."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-        self.objective: Callable | None = None  # set per job by the recipe
-
-    def forward(self, video: torch.Tensor | None = None, text: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None, item_seeds: torch.Tensor | None = None):
-        v = self.model.encode_video(video) if video is not None else None
-        t = self.model.encode_text(text) if text is not None else None
-        if labels is None:
-            return v, t
-        if self.objective is None:
-            raise RuntimeError("DualEncoder got labels but has no objective (set dual_encoder(wrapper).objective)")
-        with torch.autocast(labels.device.type, enabled=False):
-            return self.objective(v, t, labels, item_seeds)
-
-
-# A block may list here the names of methods other than ``forward`` that use its weights (M2-CLIP's decoder
-# pass on the text tower's last block); under FSDP2 they gather the weights as a forward does.
-EXTRA_FORWARD_METHODS = "msta_fast_forward_methods"
 
 
 def transformer_blocks(model: nn.Module) -> list[nn.Module]:
@@ -139,9 +77,9 @@ def transformer_blocks(model: nn.Module) -> list[nn.Module]:
     return blocks
 
 
-def wrap_model(model: nn.Module, info: DistInfo, strategy: str = "fsdp") -> nn.Module:
-    """``DualEncoder(model)`` placed on the device and, under torchrun, sharded (FSDP2) or replicated (DDP)."""
-    wrapper = DualEncoder(model.to(info.device))
+def wrap(step: TrainStep, info: DistInfo, strategy: str = "fsdp") -> nn.Module:
+    """The step placed on the device and, under torchrun, sharded (FSDP2) or replicated (DDP)."""
+    wrapper = step.to(info.device)
     if not info.enabled:
         return wrapper
     if strategy == "ddp":
@@ -155,13 +93,15 @@ def wrap_model(model: nn.Module, info: DistInfo, strategy: str = "fsdp") -> nn.M
     from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
 
     mesh = init_device_mesh(info.device.type, (info.world_size,))
-    for block in transformer_blocks(model):
+    for block in transformer_blocks(step.model):
         fully_shard(block, mesh=mesh)
         for name in getattr(block, EXTRA_FORWARD_METHODS, ()):
             register_fsdp_forward_method(block, name)
     # FSDP2 cannot shard 0-d parameters (ViCLIP's temperature): they stay whole on every rank.
     scalars = {p for p in wrapper.parameters() if p.ndim == 0}
     fully_shard(wrapper, mesh=mesh, ignored_params=scalars or None)
+    for name in FORWARD_METHODS:
+        register_fsdp_forward_method(wrapper, name)
     return wrapper
 
 
@@ -178,11 +118,6 @@ def reshard(wrapper: nn.Module) -> None:
             module.reshard()
 
 
-def dual_encoder(wrapper: nn.Module) -> DualEncoder:
-    """The DualEncoder inside a DDP wrapper (FSDP2 wraps in place)."""
-    return wrapper.module if hasattr(wrapper, "module") and not isinstance(wrapper, DualEncoder) else wrapper
-
-
-def unwrap(wrapper: nn.Module) -> nn.Module:
-    """The ViCLIP model inside a (DDP-wrapped) DualEncoder."""
-    return dual_encoder(wrapper).model
+def unwrap(wrapper: nn.Module) -> TrainStep:
+    """The TrainStep inside a DDP wrapper (FSDP2 wraps in place)."""
+    return wrapper.module if isinstance(wrapper, nn.parallel.DistributedDataParallel) else wrapper

@@ -12,22 +12,13 @@ protocol's summary (protocols.md).
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from msta_fast.data import EvalSet, get_protocol
-from msta_fast.data.descriptions import load_descriptions, template_descriptions
 from msta_fast.data.lists import Sample
-from msta_fast.training.config import ConfigError
 from msta_fast.training.evaluation import harmonic_mean
 from msta_fast.training.results import mean_std
-
-log = logging.getLogger(__name__)
-
-# data set -> the name used in the MSTA authors' description files
-DESCRIPTION_NAMES = {"k400": "k400", "k600": "k600", "hmdb": "hmdb", "ucf": "ucf_101", "ssv2": "ssv2",
-                     "synthetic": "synthetic"}
 
 
 @dataclass
@@ -42,7 +33,8 @@ class Job:
     description_part: str  # "", "_base" (file name suffix of the training classes' descriptions)
     evals: dict[str, tuple[EvalSet, Path | None]] = field(default_factory=dict)
     select: str | None = None  # eval name that selects the best epoch (b2n: "base")
-    seed: int = 0
+    seed: int = 0  # seeds the job's training (b2n: the split seed 1-3; fs: K)
+    shots: int | None = None  # fs: K
 
 
 def _root(cfg: dict, dataset: str, data_root: Path | None) -> Path | None:
@@ -68,7 +60,7 @@ def plan_jobs(cfg: dict, data_root: Path | None) -> list[Job]:
             evals = {name: (ev, data_root) for name, ev in proto.evals.items()}
             best = "best" if cfg["eval"]["select_best"] == "best" else None
             jobs.append(Job(f"k{k}", proto.train, data_root, proto.classes, dataset, "", evals,
-                            next(iter(evals)) if best else None, k))
+                            next(iter(evals)) if best else None, seed=k, shots=k))
     elif setting == "zs":
         if dataset == "synthetic":
             source = get_protocol("synthetic", "base2novel", seed=1, shots="all", data_root=data_root)
@@ -90,30 +82,6 @@ def plan_jobs(cfg: dict, data_root: Path | None) -> list[Job]:
         evals = {name: (ev, data_root) for name, ev in proto.evals.items()}
         jobs.append(Job("full", proto.train, data_root, proto.classes, dataset, "", evals))
     return jobs
-
-
-def job_descriptions(cfg: dict, job: Job, data_root: Path | None) -> tuple[dict, dict]:
-    """(spatial, temporal) ``{class index: sentences}`` for the job's training classes.
-
-    Read from ``loss.descriptions_dir`` (the authors' file names: ``{N}_{s|t}_description_<name>[_base].json``;
-    the synthetic set writes its own under ``<data_root>/descriptions``); without a folder, template sentences
-    (weak: generate real ones with ``python -m msta_fast.data.descriptions``)."""
-    n = cfg["loss"]["num_descriptions"]
-    folder = cfg["loss"]["descriptions_dir"]
-    if folder is None and job.dataset == "synthetic" and data_root is not None:
-        folder = data_root / "descriptions"
-    out = []
-    for letter, kind in (("s", "spatial"), ("t", "temporal")):
-        if folder is None:
-            log.warning("loss.descriptions_dir is not set: the consistency constraint uses template sentences")
-            out.append({i: template_descriptions(c, kind, n) for i, c in enumerate(job.classes)})
-            continue
-        path = Path(folder) / f"{n}_{letter}_description_{DESCRIPTION_NAMES[job.dataset]}{job.description_part}.json"
-        if not path.is_file():
-            raise ConfigError(f"loss.descriptions_dir: {path} not found (write it with "
-                              f"`python -m msta_fast.data.descriptions --kind {kind} --n {n} ...`)")
-        out.append(load_descriptions(path, num_classes=len(job.classes)))
-    return out[0], out[1]
 
 
 def summarize(setting: str, jobs: list[Job], outcomes: dict[str, dict]) -> dict:
@@ -138,11 +106,11 @@ def summarize(setting: str, jobs: list[Job], outcomes: dict[str, dict]) -> dict:
         for job in jobs:
             ev = outcomes[job.name]["evals"]
             tops = {name: m["top1"] for name, m in ev.items()}
-            shots[str(job.seed)] = {"top1": next(iter(tops.values())), "mean_all": mean_std(list(tops.values()))[0],
-                                    "per_test": tops}
+            shots[str(job.shots)] = {"top1": next(iter(tops.values())), "mean_all": mean_std(list(tops.values()))[0],
+                                     "per_test": tops}
             first = next(iter(ev.values()))
             if "visual_head" in first:
-                shots[str(job.seed)]["visual_head"] = first["visual_head"]["top1"]
+                shots[str(job.shots)]["visual_head"] = first["visual_head"]["top1"]
         return {"shots": shots}
     if setting == "zs":
         ev = outcomes[jobs[0].name]["evals"]

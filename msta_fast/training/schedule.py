@@ -25,13 +25,16 @@ def warmup_cosine(step: int, total_steps: int, warmup_steps: int, min_ratio: flo
 
 
 def build_optimizer(model: nn.Module, lr: float, weight_decay: float, betas=(0.9, 0.98)) -> torch.optim.AdamW:
-    """AdamW over the trainable parameters; biases, norms, embeddings and ``model.no_weight_decay()`` get none."""
+    """AdamW over the trainable parameters; biases, norms, embeddings and ``model.no_weight_decay()`` get none.
+
+    The parameter groups carry the parameters' names (``param_names``), which checkpoints key the state by.
+    """
     skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if p.ndim < 2 or name in skip or name.endswith(".bias") else decay).append(p)
+        (no_decay if p.ndim < 2 or name in skip or name.endswith(".bias") else decay).append((name, p))
     if not decay and not no_decay:
         raise ValueError("the model has no trainable parameters")
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]

@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from msta_fast.adapters.m2clip import TextAdapter
-from msta_fast.adapters.towers import find_towers
-from msta_fast.training.distributed import EXTRA_FORWARD_METHODS
+from msta_fast.methods.base import EXTRA_FORWARD_METHODS
+from msta_fast.methods.m2clip.adapters import TextAdapter
+from msta_fast.methods.towers import find_towers
 
 
 class MLMHead(nn.Module):
@@ -53,7 +53,7 @@ class MLMDecoder(nn.Module):
     def forward(self, model: nn.Module, text_tokens: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
         """text_tokens: (N, L, Dt) output of the text tower's last block; frames: (N, T, E) per-frame visual
         embeddings -> word logits (N, L, vocab)."""
-        _, text = find_towers(model)
+        text = find_towers(model).text
         block = text.blocks[-1]
         if not hasattr(block, CROSS_FORWARD):
             raise RuntimeError("the text tower's last block has no decoder method: patch the model with mlm_vocab")
@@ -130,7 +130,7 @@ def text_token_features(
 
     ``replace`` (N, L) bool: positions whose token embedding becomes ``embedding`` (Dt,) (the mask).
     """
-    _, text = find_towers(model)
+    text = find_towers(model).text
     captured = {}
 
     def keep_output(block, args, out):

@@ -1,8 +1,8 @@
 """LoRA on the attention projections (q, k, v of the packed ``in_proj_weight``, and ``out_proj``).
 
-``W' = W + scale * B @ A`` through ``torch.nn.utils.parametrize``, so that ``nn.MultiheadAttention``
-(which reads its weights directly) sees the updated weights. B starts at zero: the patched model
-equals the original until it trains.
+``W' = W + scale * B @ A`` through ``torch.nn.utils.parametrize``, so that ``nn.MultiheadAttention`` (which reads
+its weights directly) sees the updated weights. B starts at zero: the patched model equals the original until it
+trains.
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ class LoRADelta(nn.Module):
         return weight + torch.cat(chunks).to(weight.dtype)
 
 
-def lora_parametrizations(attn: nn.MultiheadAttention, rank: int, targets: tuple[str, ...], scale: float, enabled):
+def attention_parametrizations(attn: nn.MultiheadAttention, rank: int, targets: tuple[str, ...], scale: float,
+                               enabled) -> list[tuple[nn.Module, str, LoRADelta]]:
     """[(module, tensor name, parametrization)] for one attention layer."""
     D = attn.embed_dim
     out = []
