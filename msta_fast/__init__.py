@@ -1,8 +1,5 @@
 """msta-fast: parameter-efficient transfer of video-language models to action recognition."""
 
-# First, before torch's internals import Triton: on a machine without a GPU this sets
-# TRITON_INTERPRET=1 so that the fused kernels can run in Triton's interpreter.
-import msta_fast.kernels.runtime  # noqa: F401, I001
 from msta_fast.adapters import (
     PatchConfig,
     adapter_parameters,
