@@ -21,9 +21,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from msta_fast.adapters.functional import msta_adapter_ref
 from msta_fast.ops import extension
 from msta_fast.ops.parity import AdapterCase, make_inputs, relative_error
+from msta_fast.ops.reference import msta_adapter_ref
 
 PEAK_BF16_FLOPS = 790e12
 HBM_BYTES_PER_S = {"H200": 4.3e12, "H100": 3.0e12}
@@ -53,7 +53,7 @@ def provider_op(name: str):
 
         return msta_adapter_triton
     if name == "ext":
-        from msta_fast.ops.ext_op import msta_adapter_ext
+        from msta_fast.ops.extension_ops import msta_adapter_ext
 
         extension.load()
         return msta_adapter_ext

@@ -1,7 +1,7 @@
-"""Parity and throughput of M2-CLIP's depthwise token convolution alone (``msta_fast.ops.temporal_dwconv``),
+"""Parity and throughput of M2-CLIP's depthwise token convolution alone (``msta_fast.ops.token_dwconv``),
 forward and forward + backward.
 
-Providers: the eager reference (``temporal_dwconv_ref``: a permute to (B, C, T, H, W), ``conv3d``, a
+Providers: the eager reference (``token_dwconv_ref``: a permute to (B, C, T, H, W), ``conv3d``, a
 permute back), ``torch.compile`` of it, the Triton kernel (token layout, no permutes) and the C++/CUDA
 extension. On the CPU: reference vs extension, fp32. On a GPU: the TED-Adapter's shapes on ViCLIP-B/16
 (batch 32, 8 frames, 14 x 14 patches, the adapter's 384 channels; the (3,1,1) TConv and the (1,3,3)
@@ -15,9 +15,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from msta_fast.adapters.functional import temporal_dwconv_ref
 from msta_fast.ops import extension
 from msta_fast.ops.parity import relative_error
+from msta_fast.ops.reference import token_dwconv_ref
 
 HBM_BYTES_PER_S = {"H200": 4.3e12, "H100": 3.0e12}
 # name: (batch, (T, H, W), channels, kernel)
@@ -34,18 +34,18 @@ needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="GPU benchm
 
 def provider_op(name: str):
     if name == "eager":
-        return temporal_dwconv_ref
+        return token_dwconv_ref
     if name == "compile":
-        return torch.compile(temporal_dwconv_ref)
+        return torch.compile(token_dwconv_ref)
     if name == "triton":
         from msta_fast.kernels.token_dwconv import token_dwconv_triton
 
         return token_dwconv_triton
     if name == "ext":
-        from msta_fast.ops.ext_op import temporal_dwconv_ext
+        from msta_fast.ops.extension_ops import token_dwconv_ext
 
         extension.load()
-        return temporal_dwconv_ext
+        return token_dwconv_ext
     raise ValueError(name)
 
 
@@ -82,7 +82,7 @@ def test_cpu_token_dwconv(benchmark, record_result, case_name, provider, phase):
     u, w, b, grid = make_case(case_name, CPU_CASES, torch.float32, "cpu")
     op = provider_op(provider)
     with torch.no_grad():
-        err = relative_error(op(u, w, b, grid, "viclip"), temporal_dwconv_ref(u, w, b, grid, "viclip"))
+        err = relative_error(op(u, w, b, grid, "viclip"), token_dwconv_ref(u, w, b, grid, "viclip"))
     assert err < 1e-5, f"{provider} differs from the reference: relative error {err:.3g}"
     benchmark.pedantic(step_fn(op, u, w, b, grid, phase), rounds=10, warmup_rounds=2)
     seconds = benchmark.stats.stats.median
@@ -99,7 +99,7 @@ def test_gpu_token_dwconv(benchmark, record_result, case_name, phase):
 
     u, w, b, grid = make_case(case_name, GPU_CASES, torch.bfloat16, "cuda")
     with torch.no_grad():
-        gold = temporal_dwconv_ref(u.float(), w.float(), b.float(), grid, "viclip")
+        gold = token_dwconv_ref(u.float(), w.float(), b.float(), grid, "viclip")
     name = torch.cuda.get_device_name()
     bandwidth = next((bw for key, bw in HBM_BYTES_PER_S.items() if key in name), HBM_BYTES_PER_S["H100"])
     floor_ms = min_bytes(u, phase) / bandwidth * 1e3

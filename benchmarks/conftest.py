@@ -10,12 +10,18 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import platform
 import subprocess
 from pathlib import Path
 
 import pytest
 import torch
+
+# Without a GPU the Triton providers run in Triton's interpreter, which Triton chooses when it decorates
+# a kernel: switched on here, before any benchmark module imports msta_fast (and with it triton).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 _records: list[dict] = []

@@ -1,6 +1,6 @@
 // The MSTA adapter op of the C++/CUDA extension: schemas (TORCH_LIBRARY) and the device-generic
 // forward and backward, which use ATen GEMMs and the token-layout temporal convolution
-// (temporal_conv_cpu.cpp, temporal_conv_cuda.cpp). Math: msta_fast/adapters/functional.py.
+// (temporal_conv_cpu.cpp, temporal_conv_cuda.cpp). Math: msta_fast/ops/reference.py.
 //
 //   adapter_fwd -> (out, z1, h):  z1 = ReLU(x Wd^T + bd), h = keep * ReLU(z1 Ws^T + bs) / (1 - p),
 //                                 u = h Wu^T + bu, out = residual + s * (u + TConv(u))

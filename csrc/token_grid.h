@@ -1,6 +1,6 @@
 // Token-layout arithmetic of the temporal depthwise convolution, shared by the CPU and CUDA code.
 //
-// Layouts (see msta_fast/adapters/functional.py):
+// Layouts (see msta_fast/ops/reference.py):
 //   0 "viclip": row b*L + cls + n*T + t, n = hh*W + ww   -> offsets (dt, dh, dw) move 1, W*T, T rows
 //   1 "frames": row (clip*T + t)*L + cls + hh*W + ww     -> offsets move L, W, 1 rows
 // No torch headers here: the .cu file that includes this compiles with plain nvcc in seconds.

@@ -1,12 +1,12 @@
 """One MSTA adapter application with fused Triton kernels: ``residual + s * A(x)``.
 
-Math and semantics: :func:`msta_fast.adapters.functional.msta_adapter_ref` (the reference, kept in
-the package and imported here as ``msta_adapter_ref``). Two kernels per direction:
+Math and semantics: :func:`msta_fast.ops.reference.msta_adapter_ref` (imported here as
+``msta_adapter_ref``). Two kernels per direction:
 
 - :mod:`msta_fast.kernels.adapter_hidden`: x -> h = dropout(ReLU(S(ReLU(Down(x))))) with the
   intermediates Down(x) and S(.) on chip; only h (tokens x r, r/C of the residual stream) is
   written (forward); dx, z1, da1, da2 (backward, recomputing the forward intermediates);
-- :mod:`msta_fast.kernels.temporal_dwconv`: h -> residual + s * (u + TConv(u)) with u = Up(h)
+- :mod:`msta_fast.kernels.up_tconv`: h -> residual + s * (u + TConv(u)) with u = Up(h)
   never written to memory (forward), and du with the convolution's gradients (backward).
 
 Traffic over the (tokens x C) stream: forward reads x and the residual and writes the output once;
@@ -19,16 +19,17 @@ times the output gradient. Dropout draws its mask from a seed (see :func:`dropou
 
 The forward and backward are ``torch.library`` custom ops (``msta_fast::triton_adapter_fwd`` and
 ``..._bwd``) with fake implementations and a registered autograd formula, so ``torch.compile``
-traces through them.
+traces through them. A backward whose kernels fail asks :mod:`msta_fast.ops.fallback` whether it may
+run the reference instead (under the ``auto`` backend).
 """
 
 import torch
 
-from msta_fast.ops.reference import check_call, msta_adapter_ref, reference_grads
-from msta_fast.kernels import runtime
 from msta_fast.kernels.adapter_hidden import dropout_keep, hidden_bwd, hidden_fwd
 from msta_fast.kernels.runtime import check_device
-from msta_fast.kernels.temporal_dwconv import LAYOUT_CODES, up_tconv_bwd, up_tconv_fwd
+from msta_fast.kernels.up_tconv import LAYOUT_CODES, up_tconv_bwd, up_tconv_fwd
+from msta_fast.ops import fallback
+from msta_fast.ops.reference import check_adapter_call, msta_adapter_ref, reference_grads
 
 __all__ = ["dropout_keep", "msta_adapter_ref", "msta_adapter_triton", "new_seed"]
 
@@ -40,11 +41,11 @@ def _adapter_fwd(
     x: torch.Tensor, down_w: torch.Tensor, down_b: torch.Tensor | None, shared_w: torch.Tensor,
     shared_b: torch.Tensor | None, up_w: torch.Tensor, up_b: torch.Tensor | None, conv_w: torch.Tensor | None,
     conv_b: torch.Tensor | None, residual: torch.Tensor | None, scale: float, grid: list[int], layout: int,
-    has_cls: bool, tokens: int, dropout_p: float, seed: int, grad_scale: bool, fallback: bool,
+    has_cls: bool, tokens: int, dropout_p: float, seed: int, grad_scale: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """x: (M, C) flattened tokens, ``tokens`` = L per batch row. Returns (out (M, C), h (M, r)).
 
-    ``grad_scale`` and ``fallback`` do not change the forward; they are recorded for the backward.
+    ``grad_scale`` does not change the forward; it is recorded for the backward.
     """
     h = hidden_fwd(x, down_w, down_b, shared_w, shared_b, dropout_p, seed)
     out = up_tconv_fwd(h, up_w, up_b, conv_w, conv_b, residual, scale, tokens, tuple(grid), _LAYOUTS[layout],
@@ -54,7 +55,7 @@ def _adapter_fwd(
 
 @_adapter_fwd.register_fake
 def _(x, down_w, down_b, shared_w, shared_b, up_w, up_b, conv_w, conv_b, residual, scale, grid, layout, has_cls,
-      tokens, dropout_p, seed, grad_scale, fallback):
+      tokens, dropout_p, seed, grad_scale):
     out_dtype = x.dtype if residual is None else residual.dtype
     return x.new_empty(x.shape, dtype=out_dtype), x.new_empty(x.shape[0], down_w.shape[0])
 
@@ -101,29 +102,28 @@ def _(grad, x, h, down_w, down_b, shared_w, shared_b, up_w, up_b, conv_w, conv_b
 
 def _setup_context(ctx, inputs, output):
     (x, down_w, down_b, shared_w, shared_b, up_w, up_b, conv_w, conv_b, residual, scale, grid, layout, has_cls,
-     tokens, dropout_p, seed, grad_scale, fallback) = inputs
+     tokens, dropout_p, seed, grad_scale) = inputs
     ctx.save_for_backward(x, output[1], down_w, down_b, shared_w, shared_b, up_w, up_b, conv_w, conv_b)
-    ctx.options = (scale, grid, layout, has_cls, tokens, dropout_p, seed, fallback)
+    ctx.options = (scale, grid, layout, has_cls, tokens, dropout_p, seed)
     ctx.has_residual = residual is not None
     ctx.grad_scale = grad_scale
 
 
 def _backward(ctx, grad_out, grad_h):
     x, h, down_w, down_b, shared_w, shared_b, up_w, up_b, conv_w, conv_b = ctx.saved_tensors
-    scale, grid, layout, has_cls, tokens, dropout_p, seed, fallback = ctx.options
+    scale, grid, layout, has_cls, tokens, dropout_p, seed = ctx.options
     inputs = (x, down_w, down_b, shared_w, shared_b, up_w, up_b, conv_w, conv_b)
     try:
         grads = _adapter_bwd(grad_out.contiguous(), x, h, *inputs[1:], scale, ctx.grad_scale, grid, layout, has_cls,
                              tokens, dropout_p, seed)
         grads = [g if t is not None else None for g, t in zip(grads, inputs, strict=True)]
-    except Exception as err:  # noqa: BLE001 - is_kernel_failure decides; anything else is re-raised
-        if not (fallback and runtime.is_kernel_failure(err)):
+    except Exception as err:  # noqa: BLE001 - fallback.fall_back decides; anything else is re-raised
+        if not fallback.fall_back(err, "backward"):
             raise
-        runtime.record_failure(err, "backward")
         grads = _reference_backward(grad_out, inputs, scale, ctx.grad_scale, grid, layout, has_cls, tokens,
                                     dropout_p, seed)
     residual_grad = grad_out if ctx.has_residual else None
-    return (*grads, residual_grad, None, None, None, None, None, None, None, None, None)
+    return (*grads, residual_grad, None, None, None, None, None, None, None, None)
 
 
 def _reference_backward(grad_out, inputs, scale, grad_scale, grid, layout, has_cls, tokens, dropout_p, seed):
@@ -170,17 +170,17 @@ def msta_adapter_triton(
     dropout_p: float = 0.0,
     training: bool = False,
     seed: int | None = None,
-    fallback: bool = False,
 ) -> torch.Tensor:
     """``residual + s * A(x)`` with the fused kernels. x: (B, L, C); residual: (B, L, C) or None -> (B, L, C).
 
     All tensors share x's dtype and device. ``seed`` fixes the dropout mask (drawn from torch's
     generator when None); :func:`dropout_keep` returns that mask for the reference's ``dropout_mask``.
-    ``fallback``: a backward whose kernels fail runs the reference instead of raising (``auto``).
+    A backward whose kernels fail runs the reference under the ``auto`` backend and raises under any
+    other (:mod:`msta_fast.ops.fallback`).
     """
     check_device(x)
     B, L, C = x.shape
-    check_call(layout, conv_w, grid)
+    check_adapter_call(layout, conv_w, grid)
     grid = tuple(grid) if grid is not None else (1, 1, 1)
     p = float(dropout_p) if training else 0.0
     if p > 0 and seed is None:
@@ -190,6 +190,6 @@ def msta_adapter_triton(
         x.reshape(B * L, C).contiguous(), down_w.contiguous(), down_b, shared_w.contiguous(), shared_b,
         up_w.contiguous(), up_b, conv_w.contiguous() if conv_w is not None else None, conv_b,
         res2d.contiguous() if res2d is not None else None, float(scale), list(grid), LAYOUT_CODES[layout],
-        bool(has_cls), L, p, int(seed or 0), bool(grad_scale), bool(fallback),
+        bool(has_cls), L, p, int(seed or 0), bool(grad_scale),
     )
     return out.reshape(B, L, C)

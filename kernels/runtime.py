@@ -1,9 +1,14 @@
-"""Where the Triton kernels run: compiled on a CUDA GPU, or Triton's interpreter on the CPU.
+"""Where the Triton kernels run: compiled on a CUDA GPU, or in Triton's interpreter on CPU tensors.
 
-Triton decides at decoration time (when a kernel module is imported) whether a ``@triton.jit``
-function is compiled or interpreted, from ``TRITON_INTERPRET``. Without a CUDA device the kernels
-can only run interpreted, so this module sets ``TRITON_INTERPRET=1`` in that case, before any
-kernel module is imported; with a GPU it leaves the environment alone.
+Triton decides when it decorates a function (``triton.jit`` reads ``TRITON_INTERPRET`` through
+``triton.knobs.runtime.interpret`` each time it wraps one) whether it is compiled or interpreted:
+its own helpers (``tl.zeros``, ``tl.sum``, ...) when ``triton`` is first imported, these kernels
+when their modules are imported. The interpreter is opt-in, so ``TRITON_INTERPRET=1`` must be in
+the environment before anything imports triton, and ``import msta_fast`` already does (torchvision
+imports ``torch._dynamo``, which imports triton): ``TRITON_INTERPRET=1 python ...``, or set it in
+``os.environ`` before the first import (the test suite's conftest does so on a machine without a
+GPU). This package never sets it: without it, CPU tensors are refused with an error that says how
+to enable it, and the ``auto`` backend never chooses Triton for CPU tensors anyway.
 
 Block sizes: on a GPU the kernels are autotuned; in the interpreter they use fixed blocks (the
 interpreter runs one Python loop per program and per K step, so large blocks are faster, and
@@ -12,45 +17,19 @@ every ``tl.dot`` dimension is at least 16 because the GPU compiler rejects small
 
 from __future__ import annotations
 
-import logging
 import os
 
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-try:  # the package imports this module first; it must import without Triton too (the kernels then cannot run)
+try:  # importable without Triton too (the dispatch then reports that the kernels cannot run)
     import triton
 except ImportError:  # pragma: no cover - Triton ships with torch's CUDA wheels
     triton = None
 
 INTERPRET: bool = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0", "false", "False")
-
-# Why the Triton kernels failed in this process, or None. Set by the ``auto`` backend's fallbacks
-# (a forward in msta_fast.ops.dispatch, a backward in the kernels' autograd formulas); once set,
-# ``auto`` stops choosing Triton.
-failure: str | None = None
-_logger = logging.getLogger("msta_fast.kernels")
-
-
-def is_kernel_failure(err: BaseException) -> bool:
-    """Whether ``auto`` may fall back from this error: Triton's compile / resource errors (which are not
-    RuntimeErrors), a missing module, or a runtime error other than running out of memory (the
-    reference would need more memory, not less)."""
-    if isinstance(err, torch.OutOfMemoryError):
-        return False
-    triton_errors = (triton.errors.TritonError,) if triton is not None else ()
-    return isinstance(err, (RuntimeError, ImportError, *triton_errors))
-
-
-def record_failure(err: BaseException, where: str) -> None:
-    """Remember (and log once) that a Triton kernel failed under ``auto``; ``where``: forward or backward."""
-    global failure
-    first = failure is None
-    failure = f"{type(err).__name__} in the {where}: {str(err)[:300]}"
-    if first:
-        _logger.warning("msta_fast: Triton kernels failed (%s); falling back for the rest of this process", failure)
+# How to switch the interpreter on, for the errors that refuse CPU tensors.
+ENABLE_INTERPRETER = ("set TRITON_INTERPRET=1 in the environment before triton is imported (importing msta_fast "
+                      "imports it), e.g. `TRITON_INTERPRET=1 python ...`")
 
 
 def maybe_autotune(configs: list, key: list[str], **options):
@@ -96,11 +75,10 @@ def _stdlib_interpreted() -> bool:
 def check_device(t: torch.Tensor) -> None:
     """Triton kernels run on CUDA tensors, or on CPU tensors under the interpreter."""
     if INTERPRET and not _stdlib_interpreted():
-        raise RuntimeError(
-            "Triton was imported before TRITON_INTERPRET=1 was set, so its interpreter cannot run: import "
-            "msta_fast before anything that imports triton, or set TRITON_INTERPRET=1 in the environment"
-        )
+        raise RuntimeError(f"Triton was imported before TRITON_INTERPRET=1 was set, so its interpreter cannot run: "
+                           f"{ENABLE_INTERPRETER}")
     if t.is_cuda and INTERPRET:
         raise RuntimeError("TRITON_INTERPRET=1 is set but the tensors are on CUDA; unset it to run compiled kernels")
     if not t.is_cuda and not INTERPRET:
-        raise RuntimeError("the Triton kernels need CUDA tensors (or TRITON_INTERPRET=1 for CPU tensors)")
+        raise RuntimeError(f"the Triton kernels need CUDA tensors; to run them on CPU tensors in Triton's "
+                           f"interpreter, {ENABLE_INTERPRETER}")

@@ -1,7 +1,10 @@
-"""Depthwise 3-D convolution of patch tokens over their (T, H, W) grid, in token layout (M2-CLIP's TConv).
+"""Depthwise 3-D convolution of patch tokens over their (T, H, W) grid, in token layout.
 
-Math: the op of :func:`msta_fast.adapters.functional.temporal_dwconv_ref` (imported here as
-``temporal_dwconv_ref``), for patch tokens ``u`` flattened to (M, C) rows and a depthwise kernel
+M2-CLIP's TED-Adapter uses it with (3, 1, 1) and (1, 3, 3) kernels (``msta_fast.ops.token_dwconv``);
+the fused MSTA kernels (:mod:`msta_fast.kernels.up_tconv`) use it for kernels with spatial taps.
+
+Math: the op of :func:`msta_fast.ops.reference.token_dwconv_ref` (imported here as
+``token_dwconv_ref``), for patch tokens ``u`` flattened to (M, C) rows and a depthwise kernel
 ``w`` (C, 1, kT, kH, kW) with odd sizes, "same" zero padding:
 
     y[p, c]  = b[c] + sum_k w[c, k] * u[nb(p, k), c]                   forward
@@ -22,6 +25,10 @@ The input may be a strided view (a slice ``a[:, 1:]`` that drops a class token, 
 addressed through its batch and token strides, so it is not copied. Products are accumulated in
 fp32; the weight and bias gradients are reduced over row tiles with fp32 atomics (so their last bits
 are not deterministic on a GPU).
+
+The forward and backward are ``torch.library`` custom ops (``msta_fast::token_dwconv_fwd`` / ``_bwd``);
+a backward whose kernel fails asks :mod:`msta_fast.ops.fallback` whether it may run the reference
+instead (under the ``auto`` backend).
 """
 
 from __future__ import annotations
@@ -30,12 +37,12 @@ import torch
 import triton
 import triton.language as tl
 
-from msta_fast.ops.reference import check_dwconv_call, reference_grads, temporal_dwconv_ref
-from msta_fast.kernels import runtime
 from msta_fast.kernels.runtime import check_device, maybe_autotune, small_tiles_when
 from msta_fast.kernels.token_grid import LAYOUT_CODES, neighbour_row, row_strides
+from msta_fast.ops import fallback
+from msta_fast.ops.reference import check_token_dwconv_call, reference_grads, token_dwconv_ref
 
-__all__ = ["temporal_dwconv_ref", "token_dwconv_triton", "token_dwconv_fwd", "token_dwconv_bwd"]
+__all__ = ["token_dwconv_ref", "token_dwconv_triton", "token_dwconv_fwd", "token_dwconv_bwd"]
 
 # GPU search space (not measured on a GPU yet). The 27-tap backward compiles slowly: small tiles only.
 _CONFIGS = [
@@ -206,14 +213,14 @@ _LAYOUTS = {code: name for name, code in LAYOUT_CODES.items()}
 
 
 @torch.library.custom_op("msta_fast::token_dwconv_fwd", mutates_args=())
-def _dwconv_fwd(u: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, grid: list[int], layout: int,
-                fallback: bool) -> torch.Tensor:
-    """y = TConv(u) + b, contiguous. ``fallback`` does not change the forward; it is kept for the backward."""
+def _dwconv_fwd(u: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, grid: list[int],
+                layout: int) -> torch.Tensor:
+    """y = TConv(u) + b, contiguous."""
     return token_dwconv_fwd(u, weight, bias, tuple(grid), _LAYOUTS[layout])
 
 
 @_dwconv_fwd.register_fake
-def _(u, weight, bias, grid, layout, fallback):
+def _(u, weight, bias, grid, layout):
     return u.new_empty(u.shape)
 
 
@@ -240,28 +247,27 @@ def _(grad, u, weight, need_du, need_dw, need_db, grid, layout):
 
 
 def _setup_context(ctx, inputs, output):
-    u, weight, bias, grid, layout, fallback = inputs
+    u, weight, bias, grid, layout = inputs
     ctx.save_for_backward(u, weight)
-    ctx.options = (grid, layout, fallback)
+    ctx.options = (grid, layout)
     ctx.bias_dtype = bias.dtype if bias is not None else None
 
 
 def _backward(ctx, grad):
     u, weight = ctx.saved_tensors
-    grid, layout, fallback = ctx.options
+    grid, layout = ctx.options
     need_du, need_dw, need_db = ctx.needs_input_grad[:3]
     try:
         du, dw, db = _dwconv_bwd(grad.contiguous(), u, weight, need_du, need_dw, need_db, grid, layout)
-    except Exception as err:  # noqa: BLE001 - is_kernel_failure decides; anything else is re-raised
-        # auto (``fallback``), eager mode: the reference's gradients, and later calls skip Triton
-        if not (fallback and runtime.is_kernel_failure(err)):
+    except Exception as err:  # noqa: BLE001 - fallback.fall_back decides; anything else is re-raised
+        # auto, eager mode: the reference's gradients, and later calls skip Triton
+        if not fallback.fall_back(err, "backward"):
             raise
-        runtime.record_failure(err, "backward")
         bias = u.new_zeros(u.shape[-1]) if need_db else None
-        du, dw, db = reference_grads(lambda *t: temporal_dwconv_ref(*t, tuple(grid), _LAYOUTS[layout]),
+        du, dw, db = reference_grads(lambda *t: token_dwconv_ref(*t, tuple(grid), _LAYOUTS[layout]),
                                      [u, weight, bias], grad)
     return (du if need_du else None, dw if need_dw else None, db.to(ctx.bias_dtype) if need_db else None,
-            None, None, None)
+            None, None)
 
 
 _dwconv_fwd.register_autograd(_backward, setup_context=_setup_context)
@@ -273,17 +279,16 @@ def token_dwconv_triton(
     bias: torch.Tensor | None,
     grid: tuple[int, int, int],
     layout: str = "viclip",
-    fallback: bool = False,
 ) -> torch.Tensor:
-    """Signature and semantics of :func:`temporal_dwconv_ref`, on the Triton kernels (differentiable).
+    """Signature and semantics of :func:`token_dwconv_ref`, on the Triton kernels (differentiable).
 
     u_patch: (B, H*W*T, C) for ``"viclip"``, (B*T, H*W, C) for ``"frames"``; weight (C, 1, kT, kH, kW)
     with odd sizes; bias (C,) or None. The output is contiguous, of u_patch's shape and dtype.
-    ``fallback``: a backward whose kernels fail runs the reference instead of raising (``auto``).
-    The forward and backward are ``torch.library`` ops (``msta_fast::token_dwconv_fwd`` / ``_bwd``),
-    so ``torch.compile`` traces through them.
+    The forward and backward are ``torch.library`` ops, so ``torch.compile`` traces through them. A backward
+    whose kernel fails runs the reference under the ``auto`` backend and raises under any other
+    (:mod:`msta_fast.ops.fallback`).
     """
     grid = [int(g) for g in grid]
-    check_dwconv_call(u_patch, weight, bias, grid, layout)
+    check_token_dwconv_call(u_patch, weight, bias, grid, layout)
     check_device(u_patch)
-    return _dwconv_fwd(u_patch, weight, bias, grid, LAYOUT_CODES[layout], bool(fallback))
+    return _dwconv_fwd(u_patch, weight, bias, grid, LAYOUT_CODES[layout])

@@ -1,6 +1,6 @@
 """Token-layout arithmetic shared by the Triton kernels (the Python twin of ``csrc/token_grid.h``).
 
-Layouts (see :mod:`msta_fast.adapters.functional`): ``"viclip"`` (code 0) puts a clip's patch tokens
+Layouts (see :mod:`msta_fast.ops.reference`): ``"viclip"`` (code 0) puts a clip's patch tokens
 patch-major, time-minor (row ``cls + n*T + t``); ``"frames"`` (code 1) puts each frame's tokens in its
 own row block (row ``(clip*T + t)*L + cls + n``).
 """

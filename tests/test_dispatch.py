@@ -1,15 +1,18 @@
 """Backend selection of msta_fast.ops.msta_adapter, and a patched tiny ViCLIP under every backend."""
 
 import logging
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
 
 import msta_fast
-from msta_fast.adapters.functional import msta_adapter_ref
 from msta_fast.kernels import INTERPRET, runtime
-from msta_fast.ops import dispatch, extension, get_backend, msta_adapter, set_backend
+from msta_fast.ops import dispatch, extension, fallback, get_backend, msta_adapter, set_backend
 from msta_fast.ops.parity import AdapterCase, assert_close, make_inputs
+from msta_fast.ops.reference import msta_adapter_ref
 
 # Where every backend can run: CPU tensors under the Triton interpreter (no GPU), else the GPU.
 DEVICE = "cpu" if INTERPRET else "cuda"
@@ -20,7 +23,7 @@ def fresh_backend_state(monkeypatch):
     monkeypatch.delenv("MSTA_FAST_BACKEND", raising=False)
     monkeypatch.delenv("MSTA_FAST_BUILD_EXT", raising=False)
     monkeypatch.setattr(dispatch, "_logged", set())
-    monkeypatch.setattr(runtime, "failure", None)
+    monkeypatch.setattr(fallback, "failure", None)
     # On a GPU the fp32 reference must not use tf32 (cuDNN's conv3d does by default).
     saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
@@ -142,16 +145,16 @@ def test_patched_tiny_viclip_is_the_same_under_every_backend():
 def test_auto_falls_back_when_the_triton_kernels_fail(monkeypatch, caplog, error):
     """A Triton failure at run time (e.g. a kernel that does not compile on this GPU) is logged once; auto goes on."""
     x, weights, residual = make_inputs(AdapterCase(batch=1, width=32, dim=16, grid=(2, 2, 2)), torch.float32)
-    monkeypatch.setattr(dispatch, "resolve_backend", lambda *a, **k: "torch" if runtime.failure else "triton")
+    monkeypatch.setattr(dispatch, "resolve_backend", lambda *a, **k: "torch" if fallback.failure else "triton")
 
     def broken(*args, **kwargs):
         raise error
 
     monkeypatch.setattr(dispatch, "_fast_op", lambda backend: broken)
-    with caplog.at_level(logging.WARNING, logger="msta_fast.kernels"):
+    with caplog.at_level(logging.WARNING, logger=fallback.__name__):
         out = msta_adapter(x, *weights, residual=residual, grid=(2, 2, 2))
     assert_close("out", out, msta_adapter_ref(x, *weights, residual=residual, grid=(2, 2, 2)), 1e-6)
-    assert type(error).__name__ in runtime.failure and "forward" in runtime.failure
+    assert type(error).__name__ in fallback.failure and "forward" in fallback.failure
     assert sum("Triton kernels failed" in r.getMessage() for r in caplog.records) == 1
     set_backend("triton")  # asked for explicitly: the failure is the caller's to see
     monkeypatch.setattr(dispatch, "resolve_backend", lambda *a, **k: "triton")
@@ -170,4 +173,30 @@ def test_auto_does_not_fall_back_when_memory_runs_out(monkeypatch):
     monkeypatch.setattr(dispatch, "_fast_op", lambda backend: out_of_memory)
     with pytest.raises(torch.OutOfMemoryError):
         msta_adapter(x, *weights, residual=residual, grid=(2, 2, 2))
-    assert runtime.failure is None
+    assert fallback.failure is None
+
+def test_the_interpreter_is_opt_in():
+    """Importing msta_fast leaves TRITON_INTERPRET alone; without it, triton on CPU tensors says how to enable it
+    (in the dispatch and in the kernels) and auto uses another backend. A fresh process: this one interprets."""
+    code = """
+import os
+import torch
+import msta_fast
+from msta_fast.kernels.token_dwconv import token_dwconv_triton
+from msta_fast.ops import resolve_backend, set_backend
+assert "TRITON_INTERPRET" not in os.environ
+x = torch.randn(1, 8, 4)
+assert resolve_backend(x, None) != "triton"
+set_backend("triton")
+for call in (lambda: resolve_backend(x, None),
+             lambda: token_dwconv_triton(x, torch.randn(4, 1, 3, 1, 1), None, (2, 2, 2))):
+    try:
+        call()
+    except RuntimeError as err:
+        assert "TRITON_INTERPRET=1" in str(err), err
+    else:
+        raise AssertionError("Triton ran on CPU tensors without the interpreter")
+"""
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "MSTA_FAST_BACKEND")}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]

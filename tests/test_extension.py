@@ -13,11 +13,11 @@ import sys
 import pytest
 import torch
 
-from msta_fast.adapters.functional import msta_adapter_ref
 from msta_fast.csrc import SOURCE_DIR
 from msta_fast.ops import extension
-from msta_fast.ops.ext_op import ext_dropout_keep, msta_adapter_ext
+from msta_fast.ops.extension_ops import ext_dropout_keep, msta_adapter_ext
 from msta_fast.ops.parity import TOLERANCE, AdapterCase, assert_close, forward_and_grads, make_inputs
+from msta_fast.ops.reference import msta_adapter_ref
 
 pytestmark = pytest.mark.usefixtures("exact_fp32_reference")
 
@@ -96,13 +96,13 @@ def test_extension_bf16_error_is_within_twice_pytorch_bf16_error(device):
 
 def test_temporal_conv_op_alone_matches_conv3d():
     """tconv_fwd in the ViCLIP layout equals the permute + conv3d of the reference, cls token untouched."""
-    from msta_fast.adapters.functional import temporal_dwconv_ref
+    from msta_fast.ops.reference import token_dwconv_ref
 
     T, H, W, C = 4, 3, 5, 24
     u = torch.randn(2, 1 + T * H * W, C)
     w, b = torch.randn(C, 1, 3, 3, 3), torch.randn(C)
     got = torch.ops.msta_fast_ext.tconv_fwd(u.reshape(-1, C), w, b, [T, H, W], 0, True, u.shape[1]).reshape(u.shape)
-    want = u[:, 1:] + temporal_dwconv_ref(u[:, 1:], w, b, (T, H, W), "viclip")
+    want = u[:, 1:] + token_dwconv_ref(u[:, 1:], w, b, (T, H, W), "viclip")
     assert_close("patch tokens", got[:, 1:], want, 1e-5)
     assert torch.equal(got[:, 0], u[:, 0])
 
@@ -113,14 +113,14 @@ def test_temporal_conv_op_alone_matches_conv3d():
 def test_token_convolution_alone_matches_the_reference(kernel, layout, dtype):
     """M2-CLIP's TConv on the extension (no identity term, no class token): output and every gradient,
     on a strided slice ``a[:, 1:]`` as the TED-Adapter passes it."""
-    from msta_fast.adapters.functional import temporal_dwconv_ref
-    from msta_fast.ops.ext_op import temporal_dwconv_ext
+    from msta_fast.ops.extension_ops import token_dwconv_ext
+    from msta_fast.ops.reference import token_dwconv_ref
 
     T, H, W, C = 4, 3, 5, 40
     shape = (2, H * W * T, C) if layout == "viclip" else (2 * T, H * W, C)
     full = torch.randn(shape[0], shape[1] + 1, C, dtype=dtype)
     results = []
-    for op, cast in ((temporal_dwconv_ext, dtype), (temporal_dwconv_ref, torch.float64)):
+    for op, cast in ((token_dwconv_ext, dtype), (token_dwconv_ref, torch.float64)):
         u = full.to(cast)[:, 1:].detach().requires_grad_()
         w = (torch.randn(C, 1, *kernel, generator=torch.Generator().manual_seed(1)) / 3).to(cast).requires_grad_()
         b = torch.randn(C, generator=torch.Generator().manual_seed(2)).to(cast).requires_grad_()
@@ -134,9 +134,9 @@ def test_token_convolution_alone_matches_the_reference(kernel, layout, dtype):
 
 
 def test_op_registration_passes_opcheck():
-    from msta_fast.ops import ext_op
+    from msta_fast.ops import extension_ops
 
-    ext_op._register()  # what the first call of msta_adapter_ext or temporal_dwconv_ext does
+    extension_ops._register()  # what the first call of msta_adapter_ext or token_dwconv_ext does
     case = AdapterCase(batch=1, width=32, dim=16, grid=(2, 2, 1))
     x, weights, residual = make_inputs(case, torch.float32, "cpu")
     args = (x.reshape(-1, case.width), *weights, residual.reshape(-1, case.width), None, 0.5, 0.0, [2, 2, 1], 0, True,

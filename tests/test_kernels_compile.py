@@ -16,7 +16,7 @@ COMPILE_SCRIPT = r"""
 import json, sys
 import triton
 from triton.backends.compiler import GPUTarget
-from msta_fast.kernels import adapter_hidden as ah, temporal_dwconv as td, token_dwconv as tk
+from msta_fast.kernels import adapter_hidden as ah, token_dwconv as tk, up_tconv as td
 
 SCALARS = ("scale", "gscale", "p_drop", "keep_scale", "xscale")
 dt, prec, dim_tile = sys.argv[1], ("ieee" if sys.argv[1] == "fp32" else "tf32"), int(sys.argv[2])

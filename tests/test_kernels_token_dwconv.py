@@ -2,21 +2,21 @@
 reference, forward and all gradients, in both token layouts; and of a patched M2-CLIP model under the
 ``torch`` and ``triton`` backends.
 
-Without a GPU the kernels run in Triton's interpreter on CPU tensors; shapes are small and awkward
-(odd H*W, channel counts that are no multiple of the blocks, T = 1).
+Without a GPU the kernels run in Triton's interpreter on CPU tensors (the conftest sets
+TRITON_INTERPRET=1); shapes are small and awkward (odd H*W, channel counts that are no multiple of the
+blocks, T = 1). The tests run under the ``triton`` backend unless they choose another, so that a failing
+kernel raises instead of falling back to the reference.
 """
-
-import functools
 
 import pytest
 import torch
 from conftest import relative_error
 
 import msta_fast
-from msta_fast.adapters.functional import temporal_dwconv_ref
 from msta_fast.kernels import INTERPRET
 from msta_fast.kernels.token_dwconv import token_dwconv_triton
-from msta_fast.ops import set_backend, temporal_dwconv
+from msta_fast.ops import fallback, set_backend, token_dwconv
+from msta_fast.ops.reference import token_dwconv_ref
 
 DEVICE = "cpu" if INTERPRET else "cuda"
 TOLERANCE = {torch.float32: 1e-5, torch.float16: 1e-2}
@@ -31,7 +31,9 @@ SHAPES = {
 
 @pytest.fixture(autouse=True)
 def restore_backend(exact_fp32_reference):
-    """tf32 off for the fp32 reference (conftest), and the default backend back after each test."""
+    """tf32 off for the fp32 reference (conftest); the ``triton`` backend, and the default one back after
+    each test."""
+    set_backend("triton")
     yield
     set_backend(None)
 
@@ -79,7 +81,7 @@ def test_triton_matches_reference(shape, kernel, layout, dtype):
     u, w, b = make_inputs(batch, grid, channels, kernel, layout, dtype)
     grad = torch.randn_like(u, dtype=torch.float32)
     got = forward_and_grads(token_dwconv_triton, u, w, b, grid, layout, grad)
-    want = forward_and_grads(temporal_dwconv_ref, u, w, b, grid, layout, grad, dtype=torch.float64)
+    want = forward_and_grads(token_dwconv_ref, u, w, b, grid, layout, grad, dtype=torch.float64)
     assert all(g.dtype == dtype for g in got)
     assert_parity(got, want, TOLERANCE[dtype])
 
@@ -95,8 +97,8 @@ def test_dispatch_runs_the_kernel_on_a_strided_slice_without_bias(layout):
     _, w, _ = make_inputs(2, grid, channels, kernel, layout, torch.float32, bias=False)
     grad = torch.randn_like(u)
     set_backend("triton")
-    got = forward_and_grads(temporal_dwconv, u, w, None, grid, layout, grad)
-    want = forward_and_grads(temporal_dwconv_ref, u, w, None, grid, layout, grad, dtype=torch.float64)
+    got = forward_and_grads(token_dwconv, u, w, None, grid, layout, grad)
+    want = forward_and_grads(token_dwconv_ref, u, w, None, grid, layout, grad, dtype=torch.float64)
     assert_parity(got, want, 1e-5, names=("out", "du", "dw"))
 
 
@@ -110,8 +112,8 @@ def test_auto_on_the_cpu_never_runs_the_triton_kernel(monkeypatch):
     monkeypatch.setattr(kernel_module, "token_dwconv_triton", refuse)
     set_backend("auto")
     u, w, b = make_inputs(1, (2, 2, 2), 8, (3, 1, 1), "viclip", torch.float32)
-    torch.testing.assert_close(temporal_dwconv(u.cpu(), w.cpu(), b.cpu(), (2, 2, 2), "viclip"),
-                               temporal_dwconv_ref(u.cpu(), w.cpu(), b.cpu(), (2, 2, 2), "viclip"))
+    torch.testing.assert_close(token_dwconv(u.cpu(), w.cpu(), b.cpu(), (2, 2, 2), "viclip"),
+                               token_dwconv_ref(u.cpu(), w.cpu(), b.cpu(), (2, 2, 2), "viclip"))
 
 
 def test_bad_arguments_are_refused():
@@ -135,8 +137,8 @@ def test_triton_bf16_error_is_within_twice_pytorch_bf16_error(layout, kernel):
     u, w, b = make_inputs(batch, grid, channels, kernel, layout, torch.bfloat16)
     grad = torch.randn_like(u, dtype=torch.float32)
     got = forward_and_grads(token_dwconv_triton, u, w, b, grid, layout, grad)
-    torch_bf16 = forward_and_grads(temporal_dwconv_ref, u, w, b, grid, layout, grad)
-    want = forward_and_grads(temporal_dwconv_ref, u, w, b, grid, layout, grad, dtype=torch.float64)
+    torch_bf16 = forward_and_grads(token_dwconv_ref, u, w, b, grid, layout, grad)
+    want = forward_and_grads(token_dwconv_ref, u, w, b, grid, layout, grad, dtype=torch.float64)
     for name, g, t, r in zip(("out", "du", "dw", "db"), got, torch_bf16, want, strict=True):
         assert relative_error(g, r) <= 2 * relative_error(t, r) + 1e-3, name
 
@@ -146,10 +148,10 @@ def test_patched_m2clip_model_matches_between_the_reference_and_a_fast_backend(m
     """A patched M2-CLIP model gives the reference's output and adapter gradients with the Triton kernel
     and with the C++ extension's token convolution (each checked to be the one that ran)."""
     import msta_fast.kernels.token_dwconv as kernel_module
-    import msta_fast.ops.ext_op as ext_module
+    import msta_fast.ops.extension_ops as ext_module
 
     calls = []
-    fast_ops = {"triton": (kernel_module, "token_dwconv_triton"), "ext": (ext_module, "temporal_dwconv_ext")}
+    fast_ops = {"triton": (kernel_module, "token_dwconv_triton"), "ext": (ext_module, "token_dwconv_ext")}
     module, name = fast_ops[backend]
     fast = getattr(module, name)
     monkeypatch.setattr(module, name, lambda *a, **k: calls.append(a[3]) or fast(*a, **k))
@@ -179,23 +181,24 @@ def test_patched_m2clip_model_matches_between_the_reference_and_a_fast_backend(m
 
 
 def test_backward_falls_back_to_the_reference_when_the_kernel_fails(monkeypatch):
-    """auto (``fallback``): a backward kernel that fails is replaced by the reference and recorded."""
+    """auto: a backward kernel that fails is replaced by the reference and recorded; ``triton``: it raises."""
     import msta_fast.kernels.token_dwconv as kernel_module
     from msta_fast.kernels import runtime
 
     def broken(*args, **kwargs):
         raise runtime.triton.runtime.errors.OutOfResources(262144, 232448, "shared memory")
 
-    monkeypatch.setattr(runtime, "failure", None)
+    monkeypatch.setattr(fallback, "failure", None)
     monkeypatch.setattr(kernel_module, "token_dwconv_bwd", broken)
     batch, grid, channels = SHAPES["T8-HW9-C40"]
     u, w, b = make_inputs(batch, grid, channels, (3, 3, 3), "viclip", torch.float32)
     grad = torch.randn_like(u)
-    fallback = functools.partial(token_dwconv_triton, fallback=True)
-    got = forward_and_grads(fallback, u, w, b, grid, "viclip", grad)
-    want = forward_and_grads(temporal_dwconv_ref, u, w, b, grid, "viclip", grad, dtype=torch.float64)
-    assert "OutOfResources in the backward" in runtime.failure
+    set_backend("auto")
+    got = forward_and_grads(token_dwconv_triton, u, w, b, grid, "viclip", grad)
+    want = forward_and_grads(token_dwconv_ref, u, w, b, grid, "viclip", grad, dtype=torch.float64)
+    assert "OutOfResources in the backward" in fallback.failure
     assert_parity(got, want, 1e-5)
+    set_backend("triton")
     with pytest.raises(runtime.triton.runtime.errors.OutOfResources):
         forward_and_grads(token_dwconv_triton, u, w, b, grid, "viclip", grad)
 
@@ -211,7 +214,7 @@ def test_compile_traces_through_the_custom_op():
 
     compiled = torch.compile(step, backend="aot_eager", fullgraph=True)
     got = forward_and_grads(lambda *a: compiled(*a[:3]), u, w, b, grid, "frames", grad)
-    want = forward_and_grads(lambda *a: temporal_dwconv_ref(*a) * 2, u, w, b, grid, "frames", grad,
+    want = forward_and_grads(lambda *a: token_dwconv_ref(*a) * 2, u, w, b, grid, "frames", grad,
                              dtype=torch.float64)
     assert_parity(got, want, 1e-5)
 
@@ -220,5 +223,5 @@ def test_custom_op_registration_passes_opcheck():
     u, w, b = make_inputs(2, (2, 3, 1), 16, (3, 3, 1), "viclip", torch.float32)
     for t in (u, w, b):
         t.requires_grad_()
-    torch.library.opcheck(torch.ops.msta_fast.token_dwconv_fwd.default, (u, w, b, [2, 3, 1], 0, False),
+    torch.library.opcheck(torch.ops.msta_fast.token_dwconv_fwd.default, (u, w, b, [2, 3, 1], 0),
                           test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))

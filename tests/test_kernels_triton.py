@@ -1,7 +1,9 @@
 """Parity of the fused Triton MSTA adapter kernels with the PyTorch reference, forward and all gradients.
 
-Without a GPU the kernels run in Triton's interpreter on CPU tensors (``msta_fast.kernels.runtime``
-sets TRITON_INTERPRET=1 before any kernel is defined); with one, the same tests run compiled.
+Without a GPU the kernels run in Triton's interpreter on CPU tensors (the conftest sets
+TRITON_INTERPRET=1 before any kernel is defined); with one, the same tests run compiled. The tests
+run under the ``triton`` backend, so that a failing kernel raises instead of falling back to the
+reference (the ``auto`` backend's rule, msta_fast.ops.fallback).
 Shapes are small and awkward (token counts that are no multiple of the blocks): the interpreter
 is slow.
 """
@@ -9,14 +11,23 @@ is slow.
 import pytest
 import torch
 
-from msta_fast.adapters.functional import msta_adapter_ref
 from msta_fast.kernels import INTERPRET
 from msta_fast.kernels.msta_chain import dropout_keep, msta_adapter_triton
+from msta_fast.ops import fallback, set_backend
 from msta_fast.ops.parity import TOLERANCE, AdapterCase, assert_close, forward_and_grads, make_inputs
+from msta_fast.ops.reference import msta_adapter_ref
 
 DEVICE = "cpu" if INTERPRET else "cuda"
 
 pytestmark = pytest.mark.usefixtures("exact_fp32_reference")
+
+
+@pytest.fixture(autouse=True)
+def triton_backend():
+    """A kernel failure reaches the test (``triton``); the fallback test switches to ``auto`` itself."""
+    set_backend("triton")
+    yield
+    set_backend(None)
 
 
 CASES = {
@@ -89,28 +100,29 @@ def test_dropout_mask_follows_the_seed():
 
 @pytest.mark.parametrize("failing", ["up_tconv_bwd", "hidden_bwd"])
 def test_backward_falls_back_to_the_reference_when_a_kernel_fails(monkeypatch, failing):
-    """With ``fallback`` (the auto backend) a backward kernel that fails (here: out of shared memory)
-    is replaced by the reference with the kernels' dropout mask, and the failure is recorded;
-    without it the error reaches the caller."""
+    """Under the auto backend a backward kernel that fails (here: out of shared memory) is replaced by
+    the reference with the kernels' dropout mask, and the failure is recorded; under ``triton`` the error
+    reaches the caller."""
     import msta_fast.kernels.msta_chain as chain
     from msta_fast.kernels import runtime
 
     def broken(*args, **kwargs):
         raise runtime.triton.runtime.errors.OutOfResources(262144, 232448, "shared memory")
 
-    monkeypatch.setattr(runtime, "failure", None)
+    monkeypatch.setattr(fallback, "failure", None)
     monkeypatch.setattr(chain, failing, broken)
     case = CASES["frames-cls-T2-C64-r128-k333-drop"]
     seed = 5
     x, weights, residual = make_inputs(case, torch.float32, DEVICE)
-    out, grads, g = forward_and_grads(msta_adapter_triton, x, weights, residual, seed=seed, fallback=True,
-                                      **case.options())
+    set_backend("auto")
+    out, grads, g = forward_and_grads(msta_adapter_triton, x, weights, residual, seed=seed, **case.options())
     ref_out, ref_grads, _ = forward_and_grads(reference_with_kernel_mask(case, seed), x, weights, residual, g,
                                               **case.options())
-    assert "OutOfResources in the backward" in runtime.failure
+    assert "OutOfResources in the backward" in fallback.failure
     assert_close("out", out, ref_out, 1e-5)
     for key, want in ref_grads.items():
         assert_close(f"grad {key}", grads[key], want, 1e-5)
+    set_backend("triton")
     with pytest.raises(runtime.triton.runtime.errors.OutOfResources):
         forward_and_grads(msta_adapter_triton, x, weights, residual, seed=seed, **case.options())
 
@@ -163,7 +175,7 @@ def test_custom_op_registration_passes_opcheck():
     case = AdapterCase(batch=1, width=32, dim=16, grid=(2, 2, 1))
     x, weights, residual = make_inputs(case, torch.float32, DEVICE)
     args = (x.reshape(-1, case.width), *weights, residual.reshape(-1, case.width), 0.5, [2, 2, 1], 0, True,
-            case.tokens, 0.0, 0, True, False)
+            case.tokens, 0.0, 0, True)
     torch.library.opcheck(torch.ops.msta_fast.triton_adapter_fwd.default, args,
                           test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
 

@@ -1,17 +1,18 @@
-"""Backend selection for the MSTA adapter op and M2-CLIP's :func:`temporal_dwconv`: the one place where
+"""Backend selection for the MSTA adapter op and the depthwise token convolution: the one place where
 the adapter modules reach the fast ops.
 
 ``MSTA_FAST_BACKEND`` (or :func:`set_backend`) picks:
 
-- ``torch``: the plain PyTorch reference (:func:`msta_fast.adapters.functional.msta_adapter_ref`);
-- ``triton``: the fused Triton kernels (CUDA tensors; CPU tensors under ``TRITON_INTERPRET=1``,
-  which is set automatically on a machine without a GPU);
+- ``torch``: the plain PyTorch reference (:mod:`msta_fast.ops.reference`);
+- ``triton``: the fused Triton kernels (CUDA tensors; CPU tensors in Triton's interpreter, which is
+  opt-in: ``TRITON_INTERPRET=1`` in the environment before triton is imported);
 - ``ext``: the C++/CUDA extension (built on first use, about 40 s on the CPU, then cached);
 - ``auto`` (default): Triton for CUDA tensors; otherwise the extension **if it is already built or
   ``MSTA_FAST_BUILD_EXT=1``** (so that ``auto`` never starts a surprise compile); otherwise the
-  reference. Each fallback is logged once with its reason; a Triton failure at run time, forward
-  or backward (a kernel that does not compile on this GPU, say; not running out of memory), makes
-  ``auto`` fall back for the rest of the process.
+  reference. Each fallback is logged once with its reason. A Triton failure at run time, forward
+  or backward (a kernel that does not compile on this GPU, say; not running out of memory), is
+  handled by :mod:`msta_fast.ops.fallback`: that call runs the reference and ``auto`` skips Triton
+  for the rest of the process.
 
 Calls the fast paths do not cover go to the reference under every backend but ``triton``/``ext``
 asked for explicitly, which raise instead: a caller-provided ``dropout_mask`` (a testing hook),
@@ -21,33 +22,19 @@ as ``F.linear`` would do.
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 
 import torch
 
-from msta_fast.ops.reference import msta_adapter_ref, temporal_dwconv_ref
+from msta_fast.ops import fallback
+from msta_fast.ops.backend import BACKENDS, get_backend, set_backend
+from msta_fast.ops.reference import msta_adapter_ref, token_dwconv_ref
 
-BACKENDS = ("auto", "triton", "ext", "torch")
-_backend: str | None = None
+__all__ = ["BACKENDS", "get_backend", "msta_adapter", "resolve_backend", "set_backend", "token_dwconv"]
+
 _logged: set[str] = set()
 logger = logging.getLogger(__name__)
-
-
-def set_backend(name: str | None) -> None:
-    """Choose the backend for this process; ``None`` goes back to ``MSTA_FAST_BACKEND`` (default ``auto``)."""
-    if name is not None and name not in BACKENDS:
-        raise ValueError(f"unknown backend {name!r}; expected one of {BACKENDS}")
-    global _backend
-    _backend = name
-
-
-def get_backend() -> str:
-    name = _backend or os.environ.get("MSTA_FAST_BACKEND", "auto")
-    if name not in BACKENDS:
-        raise ValueError(f"MSTA_FAST_BACKEND={name!r} is not one of {BACKENDS}")
-    return name
 
 
 def _log_once(key: str, message: str) -> None:
@@ -59,18 +46,18 @@ def _log_once(key: str, message: str) -> None:
 def _triton_problem(x: torch.Tensor, down_w: torch.Tensor | None) -> str | None:
     """Why the Triton kernels cannot run this call, or None (``down_w`` None: no adapter-dim limit)."""
     try:
-        from msta_fast.kernels import runtime
-        from msta_fast.kernels.runtime import INTERPRET, triton
+        from msta_fast.kernels.runtime import ENABLE_INTERPRETER, INTERPRET, triton
     except Exception as err:  # noqa: BLE001 - any import failure (broken install) means "not available"
         return f"Triton is not importable ({type(err).__name__}: {err})"
-    if runtime.failure is not None:
-        return f"they failed earlier in this process ({runtime.failure})"
+    if fallback.failure is not None:
+        return f"they failed earlier in this process ({fallback.failure})"
     if triton is None:
         return "Triton is not installed"
     if x.is_cuda and INTERPRET:
         return "TRITON_INTERPRET=1 is set but the tensors are on CUDA"
     if not x.is_cuda and not INTERPRET:
-        return "the tensors are on the CPU and TRITON_INTERPRET is not set"
+        return f"the tensors are on the CPU and Triton's interpreter is off (to run the kernels there, " \
+               f"{ENABLE_INTERPRETER})"
     if x.is_cuda and torch.cuda.get_device_capability(x.device) < (8, 0):
         return f"the GPU (compute capability {torch.cuda.get_device_capability(x.device)}) is older than sm_80"
     if down_w is not None and down_w.shape[0] > 256:
@@ -92,7 +79,7 @@ def _ext_problem(x: torch.Tensor, explicit: bool) -> str | None:
 
 
 def resolve_backend(x: torch.Tensor, down_w: torch.Tensor | None, *, has_mask: bool = False) -> str:
-    """The backend that :func:`msta_adapter` (``down_w`` given) or :func:`temporal_dwconv` (``down_w``
+    """The backend that :func:`msta_adapter` (``down_w`` given) or :func:`token_dwconv` (``down_w``
     None) uses for these inputs: ``triton``, ``ext`` or ``torch``."""
     name = get_backend()
     if name == "torch":
@@ -123,16 +110,6 @@ def resolve_backend(x: torch.Tensor, down_w: torch.Tensor | None, *, has_mask: b
     return "torch"
 
 
-def _fall_back_from_triton(backend: str, err: Exception) -> bool:
-    """Under ``auto``, a Triton kernel failure is recorded (later calls skip Triton) and the caller falls back."""
-    from msta_fast.kernels import runtime
-
-    if backend != "triton" or get_backend() != "auto" or not runtime.is_kernel_failure(err):
-        return False
-    runtime.record_failure(err, "forward")
-    return True
-
-
 def _autocast_cast(tensors: list, device_type: str) -> list:
     """Cast floating tensors to the autocast dtype (what F.linear would see), keeping None."""
     if not torch.is_autocast_enabled(device_type):
@@ -145,41 +122,52 @@ def _fast_op(backend: str):
     if backend == "triton":
         from msta_fast.kernels.msta_chain import msta_adapter_triton
 
-        # auto: a backward whose kernels fail runs the reference (the forward's failure is handled below)
-        return functools.partial(msta_adapter_triton, fallback=get_backend() == "auto")
-    from msta_fast.ops.ext_op import msta_adapter_ext
+        return msta_adapter_triton
+    from msta_fast.ops.extension_ops import msta_adapter_ext
 
     return msta_adapter_ext
 
 
-def msta_adapter(x, down_w, down_b, shared_w, shared_b, up_w, up_b, conv_w=None, conv_b=None, **options):
-    """``residual + s * A(x)``: signature and semantics of :func:`msta_fast.adapters.functional.msta_adapter_ref`."""
-    backend = resolve_backend(x, down_w, has_mask=options.get("dropout_mask") is not None)
-    if backend == "torch":
-        return msta_adapter_ref(x, down_w, down_b, shared_w, shared_b, up_w, up_b, conv_w, conv_b, **options)
-    options.pop("dropout_mask", None)
-    tensors = _autocast_cast([x, down_w, down_b, shared_w, shared_b, up_w, up_b, conv_w, conv_b], x.device.type)
-    residual = options.pop("residual", None)
+def _fast_adapter(backend, x, *weights, residual=None, dropout_mask=None, **options):
+    """The adapter on ``backend`` (``triton`` or ``ext``), outside autocast, in the autocast dtype."""
+    tensors = _autocast_cast([x, *weights], x.device.type)
     # The fused ops take every tensor in one dtype; a residual in another dtype (fp32 stream under
     # autocast) is added outside, as the reference's type promotion would.
     fuse_residual = residual is not None and residual.dtype == tensors[0].dtype
     with torch.autocast(x.device.type, enabled=False):
+        out = _fast_op(backend)(*tensors, residual=residual if fuse_residual else None, **options)
+    return out if residual is None or fuse_residual else residual + out
+
+
+def msta_adapter(x, down_w, down_b, shared_w, shared_b, up_w, up_b, conv_w=None, conv_b=None, **options):
+    """``residual + s * A(x)``: signature and semantics of :func:`msta_fast.ops.reference.msta_adapter_ref`."""
+    weights = (down_w, down_b, shared_w, shared_b, up_w, up_b, conv_w, conv_b)
+    backend = resolve_backend(x, down_w, has_mask=options.get("dropout_mask") is not None)
+    if backend != "torch":
         try:
-            out = _fast_op(backend)(*tensors, residual=residual if fuse_residual else None, **options)
-        except Exception as err:
-            # auto only: a Triton compile failure (unsupported GPU, old driver) falls back for good.
-            if not _fall_back_from_triton(backend, err):
+            return _fast_adapter(backend, x, *weights, **options)
+        except Exception as err:  # noqa: BLE001 - fallback.fall_back decides; anything else is re-raised
+            if backend != "triton" or not fallback.fall_back(err, "forward"):
                 raise
-            return msta_adapter(x, down_w, down_b, shared_w, shared_b, up_w, up_b, conv_w, conv_b,
-                                residual=residual, **options)
-    if residual is not None and not fuse_residual:
-        out = residual + out
-    return out
+    return msta_adapter_ref(x, *weights, **options)
 
 
-def temporal_dwconv(u_patch, weight, bias, grid, layout="viclip"):
-    """Depthwise 3-D convolution of patch tokens: signature and semantics of
-    :func:`msta_fast.adapters.functional.temporal_dwconv_ref` (M2-CLIP's TConv, the convolution alone).
+def _fast_token_dwconv(backend, u_patch, weight, bias, grid, layout):
+    """The token convolution on ``backend`` (``triton`` or ``ext``), outside autocast, in the autocast dtype."""
+    u, w, b = _autocast_cast([u_patch, weight, bias], u_patch.device.type)
+    with torch.autocast(u_patch.device.type, enabled=False):
+        if backend == "ext":
+            from msta_fast.ops.extension_ops import token_dwconv_ext
+
+            return token_dwconv_ext(u, w, b, grid, layout)
+        from msta_fast.kernels.token_dwconv import token_dwconv_triton
+
+        return token_dwconv_triton(u, w, b, grid, layout)
+
+
+def token_dwconv(u_patch, weight, bias, grid, layout="viclip"):
+    """Depthwise 3-D convolution of patch tokens over their (T, H, W) grid: signature and semantics of
+    :func:`msta_fast.ops.reference.token_dwconv_ref` (M2-CLIP's temporal and spatial convolutions).
 
     Backends as for :func:`msta_adapter`: ``triton`` runs :mod:`msta_fast.kernels.token_dwconv`,
     ``ext`` the extension's token convolution, ``auto`` picks between them and the reference (a
@@ -187,19 +175,10 @@ def temporal_dwconv(u_patch, weight, bias, grid, layout="viclip"):
     inputs are cast to the autocast dtype first, as ``conv3d`` would.
     """
     backend = resolve_backend(u_patch, None)
-    if backend == "torch":
-        return temporal_dwconv_ref(u_patch, weight, bias, grid, layout)
-    u, w, b = _autocast_cast([u_patch, weight, bias], u_patch.device.type)
-    with torch.autocast(u_patch.device.type, enabled=False):
-        if backend == "ext":
-            from msta_fast.ops.ext_op import temporal_dwconv_ext
-
-            return temporal_dwconv_ext(u, w, b, grid, layout)
-        from msta_fast.kernels.token_dwconv import token_dwconv_triton
-
+    if backend != "torch":
         try:
-            return token_dwconv_triton(u, w, b, grid, layout, fallback=get_backend() == "auto")
-        except Exception as err:
-            if not _fall_back_from_triton(backend, err):
+            return _fast_token_dwconv(backend, u_patch, weight, bias, grid, layout)
+        except Exception as err:  # noqa: BLE001 - fallback.fall_back decides; anything else is re-raised
+            if backend != "triton" or not fallback.fall_back(err, "forward"):
                 raise
-            return temporal_dwconv(u_patch, weight, bias, grid, layout)
+    return token_dwconv_ref(u_patch, weight, bias, grid, layout)

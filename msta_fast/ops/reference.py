@@ -9,7 +9,8 @@ Math (method.md section 2), for the normalised block input ``x`` (``ln_1`` of th
     out = residual + s * A
 
 ``TConv`` is a depthwise 3-D convolution (kernel (kT, kH, kW), "same" padding, with bias) over
-the (T, H, W) grid of the patch tokens. Two token layouts are supported:
+the (T, H, W) grid of the patch tokens (:func:`token_dwconv_ref`; M2-CLIP uses it alone, with
+(3, 1, 1) and (1, 3, 3) kernels). Two token layouts are supported:
 
 - ``"viclip"``: ``x`` is (B, 1 + H*W*T, C); the patch tokens are patch-major, time-minor, so
   token ``1 + n*T + t`` is patch ``n`` of frame ``t``.
@@ -18,6 +19,10 @@ the (T, H, W) grid of the patch tokens. Two token layouts are supported:
 
 Gradient scaling (MMA's trick): the output is ``s * A`` but the adapter's parameters get
 gradients as if ``s`` were 1; the gradient into ``x`` through the adapter is the true one.
+
+The fast paths (the Triton kernels in :mod:`msta_fast.kernels`, the C++/CUDA extension in
+:mod:`msta_fast.ops.extension_ops`) share this module's argument checks and are tested against its
+functions; :mod:`msta_fast.ops.dispatch` runs them under the ``torch`` backend.
 """
 
 from __future__ import annotations
@@ -85,7 +90,7 @@ def grid_to_tokens(v: torch.Tensor, layout: str) -> torch.Tensor:
     return v.permute(0, 2, 3, 4, 1).reshape(B * T, H * W, C)
 
 
-def temporal_dwconv_ref(
+def token_dwconv_ref(
     u_patch: torch.Tensor,
     weight: torch.Tensor,
     bias: torch.Tensor | None,
@@ -102,8 +107,8 @@ def temporal_dwconv_ref(
     return grid_to_tokens(out, layout)
 
 
-def check_call(layout: str, conv_w: torch.Tensor | None, grid: tuple[int, int, int] | None) -> None:
-    """The argument checks every implementation of the op shares (reference, Triton, extension)."""
+def check_adapter_call(layout: str, conv_w: torch.Tensor | None, grid: tuple[int, int, int] | None) -> None:
+    """The argument checks every implementation of the adapter op shares (reference, Triton, extension)."""
     if layout not in LAYOUTS:
         raise ValueError(f"unknown token layout {layout!r}; expected one of {LAYOUTS}")
     if conv_w is not None:
@@ -113,11 +118,12 @@ def check_call(layout: str, conv_w: torch.Tensor | None, grid: tuple[int, int, i
             raise ValueError(f"the temporal convolution needs odd kernel sizes, got {tuple(conv_w.shape[2:])}")
 
 
-def check_dwconv_call(u: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, grid, layout: str) -> None:
-    """The argument checks of the fast :func:`temporal_dwconv_ref` ops (the reference's contract, spelled out):
+def check_token_dwconv_call(u: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, grid,
+                            layout: str) -> None:
+    """The argument checks of the fast :func:`token_dwconv_ref` ops (the reference's contract, spelled out):
     tokens (rows, N, C) that fit the (T, H, W) grid in ``layout``, a depthwise weight (C, 1, kT, kH, kW)
     with odd sizes, a (C,) bias or None. Raises ValueError."""
-    check_call(layout, weight, grid)
+    check_adapter_call(layout, weight, grid)
     if len(grid) != 3:
         raise ValueError(f"the grid must be (T, H, W), got {tuple(grid)}")
     T, H, W = (int(g) for g in grid)
@@ -180,13 +186,13 @@ def msta_adapter_ref(
     x: (B, L, C) normalised block input. The video tower passes ``conv_w`` and ``grid``
     (T, H, W); the text tower passes neither. Returns (B, L, C).
     """
-    check_call(layout, conv_w, grid)
+    check_adapter_call(layout, conv_w, grid)
     x = scale_adapter_input(x, scale, grad_scale)
     h = adapter_hidden_ref(x, down_w, down_b, shared_w, shared_b, dropout_p, training, dropout_mask)
     u = F.linear(h, up_w, up_b)
     if conv_w is not None:
         start = 1 if has_cls else 0
-        tconv = temporal_dwconv_ref(u[:, start:], conv_w, conv_b, grid, layout)
+        tconv = token_dwconv_ref(u[:, start:], conv_w, conv_b, grid, layout)
         u = torch.cat([u[:, :start], u[:, start:] + tconv], dim=1)
     out = scale_adapter_output(u, scale, grad_scale)
     return out if residual is None else residual + out
@@ -211,5 +217,3 @@ def reference_grads(fn, tensors: list, grad: torch.Tensor) -> list:
         g = next(found)
         result.append(torch.zeros_like(t) if g is None else g)
     return result
-
-token_dwconv_ref = temporal_dwconv_ref  # TEMPORARY (until the ops branch lands)

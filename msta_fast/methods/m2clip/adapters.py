@@ -26,18 +26,18 @@ from torch import nn
 from msta_fast.methods.msta.modules import check_grid
 from msta_fast.methods.towers import VideoGrid
 from msta_fast.ops import token_dwconv
-from msta_fast.ops.reference import check_dwconv_call, token_dwconv_ref
+from msta_fast.ops.reference import check_token_dwconv_call, token_dwconv_ref
 
 TEMPORAL_KERNEL = (3, 1, 1)
 DIFFERENCE_KERNEL = (1, 3, 3)
 
 
 def _fits_fast_op(u: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, grid, layout: str) -> bool:
-    """Whether ``msta_fast.ops.token_dwconv`` takes these shapes (:func:`check_dwconv_call`). Every call
+    """Whether ``msta_fast.ops.token_dwconv`` takes these shapes (:func:`check_token_dwconv_call`). Every call
     of the TED-Adapter fits (the frame-row TConv on a (T, 1, L) grid, the ViCLIP patch slice ``a[:, 1:]``
     and the (1, 3, 3) SConv); anything else keeps the reference."""
     try:
-        check_dwconv_call(u, weight, bias, grid, layout)
+        check_token_dwconv_call(u, weight, bias, grid, layout)
     except (ValueError, TypeError):
         return False
     return True

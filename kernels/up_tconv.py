@@ -1,4 +1,5 @@
-"""Up-projection with the temporal depthwise 3-D convolution fused in its epilogue, in token layout.
+"""MSTA's up-projection with its temporal path (u + TConv(u), TConv the depthwise 3-D convolution of the
+tokens over their (T, H, W) grid) fused in the epilogue, in token layout.
 
 Math (per row tile of tokens and column tile of the width C), for the hidden activation ``h``
 (M, r) of the adapter chain, ``M = B * L`` flattened tokens:
@@ -35,6 +36,9 @@ convolution, reading each neighbour from memory (recomputing ``u`` per tap would
 
 The backward kernel gives ``du = gA + conv^T(gA)`` and the convolution's weight and bias gradients
 (atomically reduced over row tiles) from the same tiles.
+
+Reference: the steps of :func:`msta_fast.ops.reference.msta_adapter_ref` after the hidden chain; the
+autograd formula that calls these launchers is in :mod:`msta_fast.kernels.msta_chain`.
 """
 
 from __future__ import annotations

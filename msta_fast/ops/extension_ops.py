@@ -1,8 +1,11 @@
-"""The C++/CUDA extension's MSTA adapter op (``torch.ops.msta_fast_ext``) as a differentiable function.
+"""The C++/CUDA extension's ops (``torch.ops.msta_fast_ext``) bound as differentiable functions.
 
-The C++ side (``csrc/msta_adapter.cpp``) defines ``adapter_fwd`` / ``adapter_bwd`` with
-``TORCH_LIBRARY``; this module registers their fake (meta) implementations, for
-``torch.compile``, and the autograd formula, once the library is loaded. Dropout: the keep mask
+:func:`msta_adapter_ext` (the MSTA adapter) and :func:`token_dwconv_ext` (the depthwise token
+convolution alone) have the signatures and semantics of :func:`msta_fast.ops.reference.msta_adapter_ref`
+and :func:`msta_fast.ops.reference.token_dwconv_ref`. The C++ side (``csrc/msta_adapter.cpp``) defines
+``adapter_fwd`` / ``adapter_bwd`` and ``tconv_fwd`` / ``tconv_bwd`` with ``TORCH_LIBRARY``; this module
+registers their fake (meta) implementations, for ``torch.compile``, and their autograd formulas, once
+the library is loaded (:mod:`msta_fast.ops.extension` builds and loads it). Dropout: the keep mask
 is drawn in Python from a seeded generator (:func:`ext_dropout_keep`), so the same seed gives the
 same mask here and in the reference.
 """
@@ -14,7 +17,7 @@ import threading
 import torch
 
 from msta_fast.ops import extension
-from msta_fast.ops.reference import check_call, check_dwconv_call
+from msta_fast.ops.reference import check_adapter_call, check_token_dwconv_call
 
 LAYOUT_CODES = {"viclip": 0, "frames": 1}
 _registered = False
@@ -106,14 +109,16 @@ def _register_tconv() -> None:
     torch.library.register_autograd("msta_fast_ext::tconv_fwd", backward, setup_context=setup_context)
 
 
-def temporal_dwconv_ext(
+def token_dwconv_ext(
     u_patch: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, grid: tuple[int, int, int],
     layout: str = "viclip",
 ) -> torch.Tensor:
-    """Signature and semantics of :func:`msta_fast.adapters.functional.temporal_dwconv_ref` with the
-    extension's token convolution (no identity term, no class token); differentiable."""
+    """Signature and semantics of :func:`msta_fast.ops.reference.token_dwconv_ref` with the extension's
+    token convolution (``tconv_fwd`` without its identity term and class token); differentiable.
+
+    u_patch: (B, H*W*T, C) for ``"viclip"``, (B*T, H*W, C) for ``"frames"`` -> the same shape."""
     _register()
-    check_dwconv_call(u_patch, weight, bias, grid, layout)
+    check_token_dwconv_call(u_patch, weight, bias, grid, layout)
     rows, tokens, C = u_patch.shape
     out = torch.ops.msta_fast_ext.tconv_fwd(u_patch.reshape(rows * tokens, C), weight, bias, [int(g) for g in grid],
                                             LAYOUT_CODES[layout], False, tokens, False)
@@ -150,7 +155,7 @@ def msta_adapter_ext(
     """``residual + s * A(x)`` with the extension. x: (B, L, C) -> (B, L, C). Semantics of ``msta_adapter_ref``."""
     _register()
     B, L, C = x.shape
-    check_call(layout, conv_w, grid)
+    check_adapter_call(layout, conv_w, grid)
     p = float(dropout_p) if training else 0.0
     keep = None
     if p > 0:
