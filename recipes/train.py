@@ -30,18 +30,14 @@ from tqdm import tqdm
 
 from msta_fast.adapter_io import load_adapters, save_adapters
 from msta_fast.patching import count_trainable, patch
-from msta_fast.training.checkpoint import (
-    atomic_write_text,
-    latest_checkpoint,
-    load_checkpoint,
-    read_json,
-    save_checkpoint,
-)
+from msta_fast.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from msta_fast.training.config import (
     SETTINGS,
     ConfigError,
     build_config,
     check_methods,
+    config_changes,
+    load_yaml,
     method_config,
     method_options,
     save_config,
@@ -58,6 +54,7 @@ from msta_fast.training.distributed import (
     wrap,
 )
 from msta_fast.training.evaluation import autocast_for, class_tokens, evaluate_lists
+from msta_fast.training.files import atomic_write_text, read_json
 from msta_fast.training.jobs import Job, plan_jobs, summarize
 from msta_fast.training.loaders import iterate_keeping_rng, train_loader
 from msta_fast.training.results import MetricsLogger, plot_results, results_table, write_results
@@ -80,6 +77,9 @@ def parse_args(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", default=None, help="run directory (default runs/<setting>_<dataset>)")
     parser.add_argument("--cache-dir", default=None, help="cache of the synthetic default")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
+    parser.add_argument("--allow-changes", action="store_true",
+                        help="with --resume: continue with a config that differs from the run's (the changes are "
+                             "listed and recorded in metrics.jsonl); without it such a resume is refused")
     parser.add_argument("--no-consistency", action="store_true", help="train MSTA without L_CC (ablation)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override any config value, e.g. --set optim.lr=2e-3 (repeatable)")
@@ -97,6 +97,10 @@ def parse_args(argv: list[str] | None = None) -> dict:
         flags["methods"] = [m.strip() for m in args.methods.split(",") if m.strip()]
     if args.resume:
         flags["resume"] = True
+    if args.allow_changes:
+        if not args.resume:
+            raise ConfigError("--allow-changes applies to --resume only")
+        flags["allow_changes"] = True
     if args.no_consistency:
         flags["loss.msta.consistency"] = False
     return build_config(config, flags, args.set)
@@ -209,9 +213,16 @@ class JobTraining:
         latest = latest_checkpoint(self.checkpoints)
         if latest is None:
             return 0
+        fresh = [{k: g[k] for k in ("weight_decay", "betas")} for g in self.optimizer.param_groups]
+        base_lrs = list(self.scheduler.base_lrs)
         saved = load_checkpoint(latest, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
                                 info=self.info)
         self.progress = Progress(**saved)
+        if self.cfg["allow_changes"]:  # the optimizer's hyper-parameters of this config, not the checkpoint's
+            self.scheduler.base_lrs = base_lrs
+            for group, values, base, factor in zip(self.optimizer.param_groups, fresh, base_lrs,
+                                                   self.scheduler.lr_lambdas, strict=True):
+                group.update(values, lr=base * factor(self.scheduler.last_epoch))
         self.loader.sampler.load_state_dict(self.progress.sampler)
         if self.info.is_main:
             print(f"resumed {self.job_dir} from {latest.name} (epoch {self.progress.epoch}, step "
@@ -242,7 +253,7 @@ class JobTraining:
             group.append(parts)
             if len(group) < group_size:
                 continue
-            self.optimizer_step()
+            self.optimizer_step(epoch)
             logs = {k: sum(g[k] for g in group) / len(group) for k in group[0]}
             group = []
             self.logger.log(f"train/{self.label}", progress.step, lr=self.scheduler.get_last_lr()[0], epoch=epoch,
@@ -254,21 +265,36 @@ class JobTraining:
                 self.save_checkpoint(consumed)
         return consumed
 
-    def optimizer_step(self) -> None:
-        clip = self.cfg["optim"]["grad_clip"]
-        if clip > 0:
-            torch.nn.utils.clip_grad_norm_([p for p in self.wrapper.parameters() if p.requires_grad], clip)
+    def optimizer_step(self, epoch: int) -> None:
+        """Clip (``optim.grad_clip``), step, and stop on a non-finite gradient or weight, or on a weight beyond
+        ``optim.max_weight`` (an explosion with a finite loss): such a state is never checkpointed or selected."""
+        o = self.cfg["optim"]
+        params = [p for p in self.wrapper.parameters() if p.requires_grad]
+        # max_norm inf leaves the gradients as they are (scaled by exactly 1) and gives their norm
+        norm = torch.nn.utils.clip_grad_norm_(params, o["grad_clip"] if o["grad_clip"] > 0 else float("inf"))
+        self.stop_if(not torch.isfinite(norm).item(), f"non-finite gradient norm ({norm.item()})", epoch)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.progress.step += 1
+        largest = max(p.detach().abs().max().item() for p in params)  # nan propagates through max
+        self.stop_if(not math.isfinite(largest), "non-finite weights after the optimizer step", epoch)
+        self.stop_if(0 < o["max_weight"] < largest, f"a weight of magnitude {largest:.3g} after the optimizer step "
+                     f"(optim.max_weight {o['max_weight']:g}: the weights are exploding)", epoch)
 
     def check_finite(self, loss: torch.Tensor, epoch: int) -> None:
-        if all_reduce_max(0.0 if torch.isfinite(loss).item() else 1.0, self.info) > 0:
-            self.bar.close()
-            raise FloatingPointError(
-                f"non-finite loss ({loss.item()}) in {self.label}, epoch {epoch}, step {self.progress.step}; the "
-                f"last good checkpoint is {latest_checkpoint(self.checkpoints) or 'none (no step finished)'}")
+        self.stop_if(not torch.isfinite(loss).item(), f"non-finite loss ({loss.item()})", epoch)
+
+    def stop_if(self, failed: bool, what: str, epoch: int) -> None:
+        """Every rank stops when one does, naming the last good checkpoint and how to go on from it."""
+        if all_reduce_max(1.0 if failed else 0.0, self.info) == 0:
+            return
+        self.bar.close()
+        where = latest_checkpoint(self.checkpoints)
+        hint = ("lower optim.lr and resume from it: --resume --allow-changes --set optim.lr=..." if where else
+                "lower optim.lr and start again")
+        raise FloatingPointError(f"{what} in {self.label}, epoch {epoch}, step {self.progress.step}; the last good "
+                                 f"checkpoint is {where or 'none (no checkpoint yet)'}: {hint}")
 
     def select_epoch(self, epoch: int) -> None:
         """Score the selection list (b2n: base-val); keep the adapters of the best epoch so far."""
@@ -307,10 +333,13 @@ def main(argv: list[str] | None = None) -> dict:
     check_methods(cfg)  # every method's options, before any work starts
     info = init_distributed()
     run_dir = Path(cfg["out"] or f"runs/{cfg['setting']}_{cfg['dataset']}")
+    changes = check_run_dir(run_dir, cfg)
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
     logger = MetricsLogger(run_dir, enabled=info.is_main)
+    if changes:
+        logger.log("resume/changes", 0, changes=[{"key": k, "saved": a, "now": b} for k, a, b in changes])
     started = time.time()
     try:
         data_root, backbone = resolve_sources(cfg, info)
@@ -331,6 +360,24 @@ def main(argv: list[str] | None = None) -> dict:
     finally:
         logger.close()
         cleanup()
+
+
+def check_run_dir(run_dir: Path, cfg: dict) -> list[tuple[str, object, object]]:
+    """Refuse a run directory that is a file, and a resume whose config differs from the run's saved one unless
+    ``--allow-changes`` (then the changes are returned, printed and recorded)."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"--out {run_dir} is a file, not a run directory")
+    saved = run_dir / "config.yaml"
+    if not cfg["resume"] or not saved.is_file():
+        return []
+    changes = config_changes(load_yaml(saved), cfg)
+    listed = "; ".join(f"{key}: {old!r} -> {new!r}" for key, old, new in changes)
+    if changes and not cfg["allow_changes"]:
+        raise ConfigError(f"--resume with a config that differs from the run's ({saved}): {listed}. Resume with the "
+                          f"same options, or add --allow-changes to continue with these")
+    if changes:
+        print(f"resuming {run_dir} with changes: {listed}", flush=True)
+    return changes
 
 
 def _views(cfg: dict, jobs: list[Job]) -> str:

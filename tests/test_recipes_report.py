@@ -11,7 +11,7 @@ def test_eval_and_report_of_a_run(tmp_path_factory, tmp_path):
     train = load_recipe("train").main
     train(["--setting", "b2n", *tiny_args(cache, run)])
     train(["--setting", "b2n", *tiny_args(cache, nocc), "--methods", "msta", "--no-consistency"])
-    assert json.loads((nocc / "results.json").read_text())["config"]["loss"]["consistency"] is False
+    assert json.loads((nocc / "results.json").read_text())["config"]["loss"]["msta"]["consistency"] is False
 
     rescored = load_recipe("eval").main(["--run", str(run), "--cache-dir", str(cache)])
     for method in ("zero", "msta"):

@@ -38,10 +38,13 @@ def test_views_are_averaged_and_every_video_counted_once():
                            [[0.1, 0.8, 0.1], [0.2, 0.7, 0.1]],
                            [[0.5, 0.3, 0.2], [0.5, 0.2, 0.3]]])
     loader = FakeLoader(scores, labels=[2, 1, 1], num_views=2, batch_size=4)
-    out = evaluate(lambda s: s, loader, DistInfo())
+    out = evaluate(lambda s: {"text": s, "other": s.flip(-1)}, loader, DistInfo())
     torch.testing.assert_close(out["scores"], scores.mean(1))
     assert out["top1"] == pytest.approx(200 / 3) and out["top5"] == 100.0
     assert out["num_videos"] == 3 and out["replaced"] == 1
+    # a second head (M2-CLIP's visual head) is scored on the same views, beside the first
+    torch.testing.assert_close(out["heads"]["other"]["scores"], scores.mean(1).flip(-1))
+    assert out["heads"]["other"]["top1"] == pytest.approx(100 / 3)
 
 
 def test_missing_view_is_an_error():
@@ -49,7 +52,7 @@ def test_missing_view_is_an_error():
     loader = FakeLoader(scores, labels=[0, 1], num_views=2, batch_size=2)
     loader.items = loader.items[:2]  # video 1 never evaluated
     with pytest.raises(ValueError, match="not evaluated"):
-        evaluate(lambda s: s, loader, DistInfo())
+        evaluate(lambda s: {"text": s}, loader, DistInfo())
 
 
 def test_topk_and_harmonic_mean():

@@ -14,11 +14,8 @@ A killed run leaves at worst a ``.partial`` folder that ``LATEST`` does not name
 
 from __future__ import annotations
 
-import json
-import os
 import random
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +24,7 @@ from torch import nn
 
 from msta_fast.adapter_io import full_tensor, load_adapters, save_adapters
 from msta_fast.training.distributed import DistInfo, barrier
+from msta_fast.training.files import atomic_write_text
 
 POINTER = "LATEST"
 PARTIAL = ".partial"
@@ -58,31 +56,6 @@ def set_rng_state(state: dict) -> None:
     random.setstate((p["version"], tuple(int(v) for v in p["internal"]), p["gauss"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that a reader sees the old or the new content, never a part."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def read_json(path: Path) -> dict:
-    """A JSON object written by this module (``done.json``), or an error naming the file."""
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path} is unreadable ({e}); delete it to redo that part of the run") from e
-    if not isinstance(value, dict):
-        raise ValueError(f"{path} does not hold a JSON object; delete it to redo that part of the run")
-    return value
 
 
 def _param_names(optimizer: torch.optim.Optimizer) -> dict[int, str]:

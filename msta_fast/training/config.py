@@ -23,6 +23,7 @@ from pathlib import Path
 import yaml
 
 from msta_fast.methods import OptionError, get_method
+from msta_fast.training.files import atomic_write_text
 
 SETTINGS = ("b2n", "fs", "zs", "full")
 
@@ -36,6 +37,7 @@ DEFAULTS: dict = {
     "checkpoint": None,  # ViCLIP weights; None on the synthetic data = the model recipes/pretrain.py caches
     "cache_dir": None,  # synthetic data and pre-trained model; default $MSTA_FAST_CACHE or ~/.cache/msta_fast
     "resume": False,
+    "allow_changes": False,  # with resume: continue although this config differs from the run's (changes listed)
     "seed": 0,
     "precision": "auto",  # auto (bf16 autocast on GPUs, fp32 on the CPU) | fp32 | bf16
     "model": {
@@ -62,6 +64,9 @@ DEFAULTS: dict = {
         "batch_size": 32,  # global batch: gradient accumulation keeps it on any number of devices
         "micro_batch_size": 8,  # clips per device per forward pass
         "grad_clip": 0.0,  # 0 = off
+        # Stop the run (before any checkpoint of that step) when a trainable weight's magnitude exceeds this: a
+        # run whose loss is still finite but whose weights explode. 0 = off.
+        "max_weight": 1.0e4,
     },
     "data": {
         "backend": "decord",  # decord | pyav
@@ -230,6 +235,7 @@ def check_values(cfg: dict, source: str = "config") -> None:
         (_finite(optim["warmup_epochs"]) and optim["warmup_epochs"] >= 0, "optim.warmup_epochs must be >= 0"),
         (_finite(optim["weight_decay"]) and optim["weight_decay"] >= 0, "optim.weight_decay must be >= 0"),
         (_finite(optim["grad_clip"]) and optim["grad_clip"] >= 0, "optim.grad_clip must be >= 0 (0: off)"),
+        (_finite(optim["max_weight"]) and optim["max_weight"] >= 0, "optim.max_weight must be >= 0 (0: off)"),
         (0 <= optim["min_lr_ratio"] <= 1, "optim.min_lr_ratio must be in [0, 1]"),
         (len(optim["betas"]) == 2 and all(_finite(b) and 0 <= b < 1 for b in optim["betas"]),
          f"optim.betas must be two numbers in [0, 1), got {optim['betas']}"),
@@ -331,5 +337,20 @@ def check_methods(cfg: dict) -> None:
         method_options(method_config(cfg, method), method)
 
 
+def config_changes(saved: dict, new: dict, prefix: str = "") -> list[tuple[str, object, object]]:
+    """``(key, saved value, new value)`` for every dotted key whose value differs (how to resume aside)."""
+    changes = []
+    for key in sorted(set(saved) | set(new)):
+        path = f"{prefix}{key}"
+        if path in ("resume", "allow_changes"):
+            continue
+        a, b = saved.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            changes += config_changes(a, b, path + ".")
+        elif a != b:
+            changes.append((path, a, b))
+    return changes
+
+
 def save_config(cfg: dict, path: str | os.PathLike) -> None:
-    Path(path).write_text(yaml.safe_dump(cfg, sort_keys=False))
+    atomic_write_text(Path(path), yaml.safe_dump(cfg, sort_keys=False))
