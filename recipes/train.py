@@ -17,22 +17,69 @@ cosine, atomic checkpoints, the epoch selected on a validation list), evaluate, 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
-import math
 import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-from tqdm import tqdm
+CONFIGS = Path(__file__).resolve().parent / "configs"
+EXAMPLES = """examples:
+  python recipes/train.py --setting b2n                     the built-in synthetic default (no weights, no data)
+  python recipes/train.py --setting full --data-root my_videos/ --checkpoint ViClip-InternVid-10M-FLT.pth
+                                                            your own folder of videos, one sub-folder per class
+  python recipes/train.py --setting b2n --dataset hmdb --checkpoint ViClip-InternVid-10M-FLT.pth \\
+      --data-root /data/hmdb51 --set loss.msta.descriptions_dir=/data/descriptions --methods zero,msta
+  torchrun --nproc_per_node 8 recipes/train.py --setting full --dataset k400 --checkpoint ... --data-root ...
+  python recipes/train.py --config my.yaml --set optim.lr=2e-3 --print-config
+                                                            the resolved config, every key, then exit
 
-from msta_fast.adapter_io import load_adapters, save_adapters
-from msta_fast.patching import count_trainable, patch
-from msta_fast.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from msta_fast.training.config import (
-    SETTINGS,
+precedence: built-in defaults < the YAML file < the flags you give < --set key=value"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=EXAMPLES,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--setting", default=None, help="b2n (base-to-novel), fs (few-shot), zs (zero-shot) or full "
+                        "(fully supervised); default: the --config file's, else b2n")
+    parser.add_argument("--dataset", default=None,
+                        help="k400, hmdb, ucf, ssv2 or synthetic; default: the --config file's, else synthetic")
+    parser.add_argument("--methods", default=None,
+                        help="comma-separated: zero, msta, lora, adaptformer, full, m2clip (default: the config's)")
+    parser.add_argument("--config", default=None, help="YAML file (default: configs/<setting>/<dataset>.yaml)")
+    parser.add_argument("--checkpoint", default=None, help="ViCLIP weights (.pth or .safetensors)")
+    parser.add_argument("--data-root", default=None, help="folder holding the videos of the lists")
+    parser.add_argument("--lists-dir", default=None, help="your lists in the ViFi-CLIP layout (the K-400 train list)")
+    parser.add_argument("--out", default=None, help="run directory (default: runs/<setting>_<dataset>)")
+    parser.add_argument("--cache-dir", default=None,
+                        help="cache of the synthetic data and backbone ($MSTA_FAST_CACHE, else ~/.cache/msta_fast)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
+    parser.add_argument("--allow-changes", action="store_true",
+                        help="with --resume: continue with a config that differs from the run's (the changes are "
+                             "listed and recorded in metrics.jsonl); without it such a resume is refused")
+    parser.add_argument("--no-consistency", action="store_true", help="train MSTA without L_CC (an ablation)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override any config value, e.g. --set optim.lr=2e-3 (repeatable; parsed as YAML)")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    return parser
+
+
+if __name__ == "__main__" and {"-h", "--help"} & set(sys.argv[1:]):
+    build_parser().print_help()  # answered before the library (and torch) is imported
+    sys.exit(0)
+
+import contextlib  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import shutil  # noqa: E402
+import time  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+
+import torch  # noqa: E402
+import yaml  # noqa: E402
+
+from msta_fast.adapter_io import load_adapters, save_adapters  # noqa: E402
+from msta_fast.patching import count_trainable, patch  # noqa: E402
+from msta_fast.progress import progress_bar  # noqa: E402
+from msta_fast.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint  # noqa: E402
+from msta_fast.training.config import (  # noqa: E402
     ConfigError,
     build_config,
     check_methods,
@@ -42,8 +89,8 @@ from msta_fast.training.config import (
     method_options,
     save_config,
 )
-from msta_fast.training.descriptions import encode_descriptions, job_descriptions
-from msta_fast.training.distributed import (
+from msta_fast.training.descriptions import encode_descriptions, job_descriptions  # noqa: E402
+from msta_fast.training.distributed import (  # noqa: E402
     DistInfo,
     all_reduce_max,
     barrier,
@@ -53,44 +100,32 @@ from msta_fast.training.distributed import (
     unwrap,
     wrap,
 )
-from msta_fast.training.evaluation import autocast_for, class_tokens, evaluate_lists
-from msta_fast.training.files import atomic_write_text, read_json
-from msta_fast.training.jobs import Job, plan_jobs, summarize
-from msta_fast.training.loaders import iterate_keeping_rng, train_loader
-from msta_fast.training.results import MetricsLogger, plot_results, results_table, write_results
-from msta_fast.training.schedule import build_optimizer, build_scheduler
-from msta_fast.training.sources import load_backbone, resolve_sources
-from msta_fast.training.step import TrainStep
-
-CONFIGS = Path(__file__).resolve().parent / "configs"
+from msta_fast.training.evaluation import autocast_for, class_tokens, evaluate_lists  # noqa: E402
+from msta_fast.training.files import atomic_write_text, read_json  # noqa: E402
+from msta_fast.training.jobs import Job, plan_jobs, summarize  # noqa: E402
+from msta_fast.training.loaders import iterate_keeping_rng, train_loader  # noqa: E402
+from msta_fast.training.results import MetricsLogger, plot_results, results_table, write_results  # noqa: E402
+from msta_fast.training.schedule import build_optimizer, build_scheduler  # noqa: E402
+from msta_fast.training.sources import load_backbone, resolve_sources  # noqa: E402
+from msta_fast.training.step import TrainStep  # noqa: E402
+from msta_fast.training.throughput import EpochTimer, stall_hint  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--setting", choices=SETTINGS, default="b2n")
-    parser.add_argument("--dataset", default=None, help="k400, hmdb, ucf, ssv2 or synthetic (default)")
-    parser.add_argument("--methods", default=None, help="comma-separated, e.g. zero,msta,lora,adaptformer,full")
-    parser.add_argument("--config", default=None, help="YAML file (default: configs/<setting>/<dataset>.yaml)")
-    parser.add_argument("--checkpoint", default=None, help="ViCLIP weights (.pth or .safetensors)")
-    parser.add_argument("--data-root", default=None, help="folder holding the videos of the lists")
-    parser.add_argument("--lists-dir", default=None, help="user lists in the ViFi-CLIP layout (K-400 train)")
-    parser.add_argument("--out", default=None, help="run directory (default runs/<setting>_<dataset>)")
-    parser.add_argument("--cache-dir", default=None, help="cache of the synthetic default")
-    parser.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
-    parser.add_argument("--allow-changes", action="store_true",
-                        help="with --resume: continue with a config that differs from the run's (the changes are "
-                             "listed and recorded in metrics.jsonl); without it such a resume is refused")
-    parser.add_argument("--no-consistency", action="store_true", help="train MSTA without L_CC (ablation)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override any config value, e.g. --set optim.lr=2e-3 (repeatable)")
-    args = parser.parse_args(argv)
-    dataset = args.dataset or "synthetic"
-    config = Path(args.config) if args.config else CONFIGS / args.setting / f"{dataset}.yaml"
-    if args.config is None and not config.is_file():
-        raise ConfigError(f"no config for --setting {args.setting} --dataset {dataset} ({config}); pass --config")
-    flags = {"setting": args.setting, "dataset": dataset}
-    for key, value in (("checkpoint", args.checkpoint), ("data_root", args.data_root), ("out", args.out),
-                       ("lists_dir", args.lists_dir), ("cache_dir", args.cache_dir)):
+    """The resolved config. Values of the YAML file win over the built-in defaults; only the flags given on the
+    command line override the file, and ``--set`` overrides everything."""
+    args = build_parser().parse_args(argv)
+    if args.config:
+        config = Path(args.config)
+    else:
+        config = CONFIGS / (args.setting or "b2n") / f"{args.dataset or 'synthetic'}.yaml"
+        if not config.is_file():
+            raise ConfigError(f"no config for --setting {args.setting or 'b2n'} --dataset "
+                              f"{args.dataset or 'synthetic'} ({config}); pass --config")
+    flags = {}
+    for key, value in (("setting", args.setting), ("dataset", args.dataset), ("checkpoint", args.checkpoint),
+                       ("data_root", args.data_root), ("out", args.out), ("lists_dir", args.lists_dir),
+                       ("cache_dir", args.cache_dir)):
         if value is not None:
             flags[key] = value
     if args.methods:
@@ -103,7 +138,11 @@ def parse_args(argv: list[str] | None = None) -> dict:
         flags["allow_changes"] = True
     if args.no_consistency:
         flags["loss.msta.consistency"] = False
-    return build_config(config, flags, args.set)
+    cfg = build_config(config, flags, args.set)
+    if args.print_config:
+        print(yaml.safe_dump(cfg, sort_keys=False), end="")
+        sys.exit(0)
+    return cfg
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -136,8 +175,8 @@ def run_job(method: str, cfg: dict, job: Job, backbone: Path, info: DistInfo, ru
     if spec.trains:
         outcome = train(wrapper, cfg, job, info, job_dir, logger, label=f"{method}/{job.name}")
     else:
-        outcome = {"evals": evaluate_lists(wrapper, job.evals, cfg, info, label=f"eval {method}/{job.name}"),
-                   "best_epoch": None}
+        outcome = {"evals": evaluate_lists(wrapper, job.evals, cfg, info, label=f"eval {method}/{job.name}",
+                                           out_dir=job_dir / "evals"), "best_epoch": None}
     outcome["trainable_parameters"] = count_trainable(model)
     for name, metrics in outcome["evals"].items():
         logger.log(f"eval/{method}/{job.name}", 0, name=name, **metrics)
@@ -191,8 +230,8 @@ class JobTraining:
     def run(self) -> dict:
         first_epoch = self.resume() if self.cfg["resume"] else 0
         epochs = self.cfg["optim"]["epochs"]
-        self.bar = tqdm(total=epochs * self.steps_per_epoch, initial=self.progress.step, desc=f"train {self.label}",
-                        disable=not self.info.is_main)
+        self.bar = progress_bar(total=epochs * self.steps_per_epoch, initial=self.progress.step,
+                                desc=f"train {self.label}", disable=not self.info.is_main, unit="step")
         for epoch in range(first_epoch, epochs):
             self.progress.epoch, self.progress.epoch_done = epoch, False
             consumed = self.train_epoch(epoch)
@@ -204,7 +243,8 @@ class JobTraining:
         reshard(self.wrapper)
         if self.job.select is not None and self.best_path.is_file():
             load_adapters(self.model, self.best_path)  # the epoch with the best selection accuracy is evaluated
-        evals = evaluate_lists(self.wrapper, self.job.evals, self.cfg, self.info, label=f"eval {self.label}")
+        evals = evaluate_lists(self.wrapper, self.job.evals, self.cfg, self.info, label=f"eval {self.label}",
+                               out_dir=self.job_dir / "evals")
         save_adapters(self.model, self.job_dir / "adapters.safetensors", write=self.info.is_main)
         return {"evals": evals, "best_epoch": self.progress.best_epoch if self.job.select is not None else None}
 
@@ -239,8 +279,9 @@ class JobTraining:
         num_batches = math.ceil(len(loader.sampler) / self.micro)
         every = self.cfg["checkpointing"]["every_steps"]
         self.wrapper.train()
+        timer = EpochTimer(info.device)
         group: list[dict] = []
-        for i, batch in enumerate(iterate_keeping_rng(loader)):
+        for i, batch in enumerate(timer.batches(iterate_keeping_rng(loader))):
             video, labels = batch["video"].to(info.device), batch["label"].to(info.device)
             item_seeds = batch["item_seed"].to(info.device) if "item_seed" in batch else None
             # gradient accumulation: groups of `accum` micro-batches, the epoch's last group possibly smaller
@@ -250,7 +291,8 @@ class JobTraining:
             self.check_finite(loss, epoch)
             (loss / group_size).backward()
             consumed += labels.shape[0]
-            group.append(parts)
+            timer.add(labels.shape[0] * info.world_size)
+            group.append({"loss": float(loss.detach()), **parts})
             if len(group) < group_size:
                 continue
             self.optimizer_step(epoch)
@@ -259,11 +301,19 @@ class JobTraining:
             self.logger.log(f"train/{self.label}", progress.step, lr=self.scheduler.get_last_lr()[0], epoch=epoch,
                             **logs)
             self.bar.update()
-            self.bar.set_postfix(epoch=epoch, **{k: f"{v:.3f}" for k, v in logs.items()})
+            self.bar.set_postfix(epoch=epoch, **{k: f"{v:.3f}" for k, v in logs.items()}, **timer.postfix())
             last_of_epoch = i == num_batches - 1  # the epoch-end checkpoint follows, after the selection
             if every and progress.step % every == 0 and not last_of_epoch:
                 self.save_checkpoint(consumed)
+        self.report_epoch(epoch, timer.summary())
         return consumed
+
+    def report_epoch(self, epoch: int, summary: dict[str, float]) -> None:
+        """The epoch's throughput and data-stall figure in metrics.jsonl / TensorBoard, a hint when data stalls."""
+        self.logger.log(f"epoch/{self.label}", epoch, **summary)
+        hint = stall_hint(summary, self.cfg["data"]["num_workers"])
+        if hint and self.info.is_main:
+            self.bar.write(f"{self.label}, epoch {epoch}: {hint}")
 
     def optimizer_step(self, epoch: int) -> None:
         """Clip (``optim.grad_clip``), step, and stop on a non-finite gradient or weight, or on a weight beyond
@@ -334,6 +384,7 @@ def main(argv: list[str] | None = None) -> dict:
     info = init_distributed()
     run_dir = Path(cfg["out"] or f"runs/{cfg['setting']}_{cfg['dataset']}")
     changes = check_run_dir(run_dir, cfg)
+    new_run_dir = not run_dir.exists()
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
@@ -342,7 +393,7 @@ def main(argv: list[str] | None = None) -> dict:
         logger.log("resume/changes", 0, changes=[{"key": k, "saved": a, "now": b} for k, a, b in changes])
     started = time.time()
     try:
-        data_root, backbone = resolve_sources(cfg, info)
+        data_root, backbone = resolve_sources(cfg, info, logger)
         jobs = plan_jobs(cfg, data_root)
         results = {"setting": cfg["setting"], "dataset": cfg["dataset"], "methods": {},
                    "trainable_parameters": {}, "views": _views(cfg, jobs), "config": cfg}
@@ -357,9 +408,19 @@ def main(argv: list[str] | None = None) -> dict:
             plot_results([results], run_dir / "results.png")
             print("\n" + results_table(results) + f"\n\nrun directory: {run_dir} ({results['seconds']:.0f} s)")
         return results
+    except BaseException:
+        logger.close()
+        if info.is_main and new_run_dir and not _has_work(run_dir):
+            shutil.rmtree(run_dir, ignore_errors=True)  # a run that failed before any job left anything to keep
+        raise
     finally:
         logger.close()
         cleanup()
+
+
+def _has_work(run_dir: Path) -> bool:
+    """Whether a run directory holds something a --resume would use (a checkpoint or a finished job)."""
+    return any(run_dir.rglob("done.json")) or any(run_dir.rglob("LATEST"))
 
 
 def check_run_dir(run_dir: Path, cfg: dict) -> list[tuple[str, object, object]]:

@@ -69,7 +69,14 @@ def test_each_setting_end_to_end(setting, train, cache, tmp_path):
         assert 0 <= entry["top1"] <= entry["top5"] <= 100
         assert saved["views"] == "4 clips x 3 crops"
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert any(line["tag"].startswith("train/msta") for line in lines)
+    steps = [line for line in lines if line["tag"].startswith("train/msta")]
+    assert steps and all("loss" in line for line in steps)
+    epochs = [line for line in lines if line["tag"].startswith("epoch/msta")]  # the data-stall figure
+    assert epochs and all(0 <= e["data_wait_fraction"] <= 1 and e["clips_per_s"] > 0 for e in epochs)
+    job = "seed1" if setting == "b2n" else "k2" if setting == "fs" else "train" if setting == "zs" else "full"
+    evals = out / "msta" / job / "evals"
+    for name in ("per_class.csv", "confusion.csv", "confusion.png", "predictions.csv"):
+        assert list(evals.rglob(name)), name
     assert any(p.name.startswith("events.out.tfevents") for p in (out / "tb").iterdir())
     assert results["methods"]["msta"] == saved["methods"]["msta"]
 
@@ -143,3 +150,32 @@ def test_resume_after_kill_matches_uninterrupted_run(train, cache, tmp_path, met
     ref = json.loads((reference / "results.json").read_text())["methods"][method]
     res = json.loads((killed / "results.json").read_text())["methods"][method]
     assert res == ref
+
+
+def test_yaml_values_win_over_the_flag_defaults_and_print_config(tmp_path, capsys):
+    """A YAML's setting and dataset are the run's unless a flag is given; --print-config shows every key."""
+    config = tmp_path / "my.yaml"
+    config.write_text((REPO / "recipes/configs/full/synthetic.yaml").read_text())
+    train = load_recipe("train")
+    with pytest.raises(SystemExit) as exit_:
+        train.main(["--config", str(config), "--set", "optim.lr=2e-3", "--print-config"])
+    assert exit_.value.code == 0
+    printed = capsys.readouterr().out
+    assert "setting: full" in printed and "lr: 0.002" in printed and "max_weight:" in printed
+    assert train.parse_args(["--config", str(config)])["setting"] == "full"
+    assert train.parse_args(["--config", str(config), "--setting", "b2n"])["setting"] == "b2n"
+
+
+def test_help_answers_without_importing_the_library():
+    proc = subprocess.run([sys.executable, "-X", "importtime", str(REPO / "recipes" / "train.py"), "--help"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "examples:" in proc.stdout and "--data-root" in proc.stdout
+    imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    assert not {m for m in imported if m.split(".")[0] in ("torch", "msta_fast")}  # -X importtime lists them all
+
+
+def test_a_failed_run_leaves_no_empty_run_folder(cache, tmp_path, train):
+    out = tmp_path / "failed"
+    with pytest.raises(Exception, match="needs --checkpoint"):
+        train(["--setting", "b2n", "--dataset", "hmdb", "--out", str(out)])
+    assert not out.exists()

@@ -92,7 +92,7 @@ def synthetic_data(cfg: dict, info: DistInfo) -> Path:
     return folder
 
 
-def pretrained_model(cfg: dict, data_root: Path, info: DistInfo) -> Path:
+def pretrained_model(cfg: dict, data_root: Path, info: DistInfo, logger=None) -> Path:
     """The ViCLIP pre-trained by ``recipes/pretrain.py`` on the synthetic captions (trained on first use)."""
     from msta_fast.training.pretraining import pretrain_contrastive
 
@@ -107,7 +107,8 @@ def pretrained_model(cfg: dict, data_root: Path, info: DistInfo) -> Path:
                              num_frames=m["num_frames"], image_size=m["image_size"], epochs=p["epochs"],
                              lr=p["lr"], batch_size=p["batch_size"], warmup_epochs=p["warmup_epochs"],
                              weight_decay=p["weight_decay"], seed=cfg["seed"],
-                             backend=cfg["data"]["backend"])
+                             backend=cfg["data"]["backend"],
+                             log=(lambda step, **v: logger.log("pretrain", step, **v)) if logger else None)
         (path.parent / "pretrain.json").write_text(json.dumps(options, indent=2))
     barrier(info)
     return path

@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from msta_fast.collectives import gather_batch
 from msta_fast.data.sampling import aggregate_views
 from msta_fast.models import tokenize
+from msta_fast.progress import progress_bar
 from msta_fast.training.distributed import DistInfo, reshard, unwrap
 from msta_fast.training.loaders import eval_loader
+from msta_fast.training.results import write_evaluation
 
 
 def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor, ks=(1, 5)) -> dict[str, float]:
@@ -41,14 +43,15 @@ def evaluate(score_fn: Callable[[torch.Tensor], dict[str, torch.Tensor]], loader
         score_fn: video batch (B, T, 3, H, W) on the device -> ``{head: class probabilities (B, C)}``; the first
             head is the main one.
     Returns:
-        ``{"top1", "top5", "num_videos", "replaced", "scores" (N, C), "labels" (N,), "heads": {other head:
-        {"top1", "top5", "scores"}}}`` for the first head (and the others); identical on every rank.
+        ``{"top1", "top5", "num_videos", "replaced", "scores" (N, C), "labels" (N,), "videos" (their paths),
+        "replaced_videos" (N,) bool, "heads": {other head: {"top1", "top5", "scores"}}}`` for the first head (and
+        the others); identical on every rank.
     """
     dataset = getattr(loader, "dataset", loader)
     num_videos, num_views = len(dataset.samples), dataset.num_views
     local_scores: dict[str, list] = {}
     local_video, local_view, local_replaced = [], [], []
-    for batch in tqdm(loader, desc=desc, disable=not info.is_main, leave=False):
+    for batch in progress_bar(loader, desc=desc, disable=not info.is_main, leave=False):
         video = batch["video"].to(info.device, non_blocking=True)
         with autocast if autocast is not None else contextlib.nullcontext():
             heads = score_fn(video)
@@ -70,6 +73,7 @@ def evaluate(score_fn: Callable[[torch.Tensor], dict[str, torch.Tensor]], loader
         per_head[name] = {**topk_accuracy(per_video, labels), "scores": per_video}
     main, *others = names
     return {**per_head[main], "num_videos": num_videos, "replaced": int(bad.sum()), "labels": labels,
+            "replaced_videos": bad, "videos": [path for path, _ in dataset.samples],
             "heads": {name: per_head[name] for name in others}}
 
 
@@ -86,10 +90,11 @@ def autocast_for(cfg: dict, info: DistInfo):
 
 @torch.no_grad()
 def evaluate_lists(wrapper, evals: dict, cfg: dict, info: DistInfo, *, label: str = "eval",
-                   names: list[str] | None = None) -> dict:
+                   names: list[str] | None = None, out_dir: Path | None = None) -> dict:
     """top-1/top-5 of evaluation lists (``evals``: ``{name: (EvalSet, data root)}``; all, or ``names``) with the
     wrapped step as it is now: ``{name: {"top1", "top5", "num_videos", "replaced", <other head>: {"top1",
-    "top5"}}}``."""
+    "top5"}}}``. With ``out_dir``, each list's per-class accuracy, confusion matrix and per-video predictions go
+    to ``out_dir/<name>/`` (see :func:`~msta_fast.training.results.write_evaluation`)."""
     step = unwrap(wrapper)
     wrapper.eval()
     amp = autocast_for(cfg, info)
@@ -102,6 +107,9 @@ def evaluate_lists(wrapper, evals: dict, cfg: dict, info: DistInfo, *, label: st
                            eval_loader(evalset, root, cfg, info), info, desc=f"{label}/{name}", autocast=amp)
         results[name] = {k: metrics[k] for k in ("top1", "top5", "num_videos", "replaced")}
         results[name].update({head: {k: m[k] for k in ("top1", "top5")} for head, m in metrics["heads"].items()})
+        if out_dir is not None and info.is_main:
+            write_evaluation(out_dir / name, evalset.classes, metrics["videos"], metrics["scores"], metrics["labels"],
+                             metrics["replaced_videos"])
     reshard(wrapper)  # FSDP2 keeps the root's parameters gathered after a forward without backward
     return results
 

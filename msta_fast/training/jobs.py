@@ -98,6 +98,9 @@ def summarize(setting: str, jobs: list[Job], outcomes: dict[str, dict]) -> dict:
         base = sum(s["base"] for s in per_seed) / len(per_seed)
         novel = sum(s["novel"] for s in per_seed) / len(per_seed)
         entry = {"base": base, "novel": novel, "hm": harmonic_mean(base, novel), "per_seed": per_seed}
+        # spread over the seeds (sample std; 0 for one seed)
+        for key in ("base", "novel", "hm"):
+            entry[f"{key}_std"] = mean_std([s[key] for s in per_seed])[1]
         if all("base_visual_head" in s for s in per_seed):
             entry["base_visual_head"] = sum(s["base_visual_head"] for s in per_seed) / len(per_seed)
         return entry
@@ -123,7 +126,7 @@ def summarize(setting: str, jobs: list[Job], outcomes: dict[str, dict]) -> dict:
         return {"targets": targets}
     ev = outcomes[jobs[0].name]["evals"]
     name = next(iter(ev))
-    entry = {"top1": ev[name]["top1"], "top5": ev[name]["top5"]}
+    entry = {"top1": ev[name]["top1"], "top5": ev[name]["top5"], "num_classes": len(jobs[0].evals[name][0].classes)}
     if "visual_head" in ev[name]:
         entry["visual_head_top1"] = ev[name]["visual_head"]["top1"]
     return entry

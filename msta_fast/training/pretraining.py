@@ -7,6 +7,7 @@ text count as positives of each other (soft targets), with a learnable temperatu
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from pathlib import Path
@@ -14,13 +15,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from msta_fast.data import decode_frames, segment_indices
 from msta_fast.data import num_frames as num_frames_of
 from msta_fast.data.synthetic import SHAPES, load_captions
 from msta_fast.data.transforms import eval_transform
 from msta_fast.models import build_viclip, tokenize
+from msta_fast.progress import progress_bar
 from msta_fast.training.schedule import build_optimizer, build_scheduler
 
 MIN_TEMP = 0.01
@@ -43,7 +44,7 @@ def contrastive_loss(video: torch.Tensor, text: torch.Tensor, temp: torch.Tensor
 def decode_all(data_root: Path, videos: list[str], backend: str, progress: bool) -> torch.Tensor:
     """Every frame of every video -> uint8 (N, F, H, W, 3); the synthetic videos are tiny and equally long."""
     frames = []
-    for video in tqdm(videos, desc="decoding captioned videos", disable=not progress):
+    for video in progress_bar(videos, desc="decoding captioned videos", disable=not progress):
         path = data_root / video
         frames.append(decode_frames(path, np.arange(num_frames_of(path, backend)), backend=backend))
     return torch.stack(frames)
@@ -81,9 +82,10 @@ def pretrain_contrastive(data_root: str | os.PathLike, out_path: str | os.PathLi
                          overrides: dict | None = None, num_frames: int = 8, image_size: int = 32, epochs: int = 20,
                          lr: float = 2e-3, batch_size: int = 32, warmup_epochs: float = 1.0,
                          weight_decay: float = 0.05, seed: int = 0, backend: str = "decord",
-                         device: str | torch.device = "cpu", progress: bool = True) -> Path:
-    """Pre-train a ViCLIP from scratch on ``<data_root>/captions.json`` and save ``{"model": state_dict}`` to
-    ``out_path`` (loadable with ``msta_fast.load_viclip``). Returns ``out_path``."""
+                         device: str | torch.device = "cpu", progress: bool = True, log=None) -> Path:
+    """Pre-train a ViCLIP from scratch on ``<data_root>/captions.json`` and save ``{"model": state_dict, "config":
+    the architecture}`` to ``out_path`` (loadable with ``msta_fast.load_viclip``, which reads the head counts the
+    shapes cannot tell off ``config``). ``log(step, loss=, temp=, lr=)`` gets the curve. Returns ``out_path``."""
     torch.manual_seed(seed)
     np.random.seed(seed)
     data_root, out_path = Path(data_root), Path(out_path)
@@ -106,7 +108,7 @@ def pretrain_contrastive(data_root: str | os.PathLike, out_path: str | os.PathLi
     optimizer = build_optimizer(net, lr, weight_decay)
     scheduler = build_scheduler(optimizer, epochs * steps_per_epoch, math.ceil(warmup_epochs * steps_per_epoch))
     net.train()
-    bar = tqdm(total=epochs * steps_per_epoch, desc="pre-training", disable=not progress)
+    bar = progress_bar(total=epochs * steps_per_epoch, desc="pre-training", disable=not progress)
     rng = np.random.default_rng(seed)
     for epoch in range(epochs):
         for batch in mixed_batches(shapes, batch_size, rng):
@@ -123,9 +125,12 @@ def pretrain_contrastive(data_root: str | os.PathLike, out_path: str | os.PathLi
                 net.temp.clamp_(min=MIN_TEMP)
             bar.update()
             bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}", temp=f"{net.temp.item():.3f}")
+            if log is not None:
+                log(scheduler.last_epoch, loss=loss.item(), temp=net.temp.item(), lr=scheduler.get_last_lr()[0])
     bar.close()
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_suffix(".tmp")
-    torch.save({"model": {k: v.detach().cpu() for k, v in net.state_dict().items()}}, tmp)
+    torch.save({"model": {k: v.detach().cpu() for k, v in net.state_dict().items()},
+                "config": dataclasses.asdict(net.config)}, tmp)
     os.replace(tmp, out_path)
     return out_path

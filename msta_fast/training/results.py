@@ -32,12 +32,18 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return m, math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
 
 
+def _cell(mean: float, std: float | None = None) -> str:
+    return f"{mean:.1f}" if std is None else f"{mean:.1f} ± {std:.1f}"
+
+
 def columns(setting: str, entry: dict) -> dict[str, str]:
-    """The table cells of one method's results."""
+    """The table cells of one method's results (mean ± std over seeds or splits where there are several)."""
     # A method with a classification head (M2-CLIP) also shows the head's accuracy; the head only knows the
     # training classes, so it has no novel or zero-shot accuracy ("n/a").
     if setting == "b2n":
-        cells = {"base": f"{entry['base']:.1f}", "novel": f"{entry['novel']:.1f}", "HM": f"{entry['hm']:.1f}"}
+        spread = len(entry.get("per_seed", ())) > 1
+        cells = {name: _cell(entry[key], entry.get(f"{key}_std") if spread else None)
+                 for name, key in (("base", "base"), ("novel", "novel"), ("HM", "hm"))}
         if "base_visual_head" in entry:
             cells["base (visual head)"] = f"{entry['base_visual_head']:.1f}"
             cells["novel (visual head)"] = "n/a"
@@ -48,8 +54,10 @@ def columns(setting: str, entry: dict) -> dict[str, str]:
                       if "visual_head" in v})
         return cells
     if setting == "zs":
-        return {t: f"{v['mean']:.1f} ± {v['std']:.1f}" for t, v in entry["targets"].items()}
-    cells = {"top-1": f"{entry['top1']:.1f}", "top-5": f"{entry['top5']:.1f}"}
+        return {t: _cell(v["mean"], v["std"] if len(v["per_split"]) > 1 else None) for t, v in entry["targets"].items()}
+    cells = {"top-1": f"{entry['top1']:.1f}"}
+    if entry.get("num_classes", 6) > 5:  # with 5 classes or fewer top-5 is 100% by construction
+        cells["top-5"] = f"{entry['top5']:.1f}"
     if "visual_head_top1" in entry:
         cells["top-1 (visual head)"] = f"{entry['visual_head_top1']:.1f}"
     return cells
@@ -78,10 +86,16 @@ def results_table(results: dict) -> str:
     return title + "\n\n" + markdown_table(rows)
 
 
+def _numbers(cell: str) -> tuple[float, float]:
+    """``"71.8 ± 1.6"`` -> (71.8, 1.6); ``"71.8"`` -> (71.8, 0.0)."""
+    parts = cell.split("±")
+    return float(parts[0]), float(parts[1]) if len(parts) > 1 else 0.0
+
+
 def plot_results(results_list: list[dict], path: str | os.PathLike, labels: list[str] | None = None) -> Path:
-    """One bar group per (run, method) and one bar per table column; numeric part of each cell."""
+    """One bar group per (run, method) and one bar per table column, with the spread over seeds / splits as
+    error bars and the value on each bar; the legend sits beside the axes, never on a bar."""
     path = Path(path)
-    fig, ax = plt.subplots(figsize=(8, 4))
     groups, series = [], {}
     for i, results in enumerate(results_list):
         if labels:
@@ -92,19 +106,77 @@ def plot_results(results_list: list[dict], path: str | os.PathLike, labels: list
             groups.append(f"{prefix}{name}")
             for col, cell in columns(results["setting"], entry).items():
                 if cell != "n/a":
-                    series.setdefault(col, {})[groups[-1]] = float(cell.split()[0])
+                    series.setdefault(col, {})[groups[-1]] = _numbers(cell)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.4 * len(groups) * max(len(series), 1) ** 0.5 + 2.5), 4.2))
     width = 0.8 / max(len(series), 1)
     for j, (col, values) in enumerate(series.items()):
         xs = [g + j * width for g in range(len(groups))]
-        ax.bar(xs, [values.get(g, 0.0) for g in groups], width, label=col)
+        means = [values.get(g, (0.0, 0.0))[0] for g in groups]
+        stds = [values.get(g, (0.0, 0.0))[1] for g in groups]
+        bars = ax.bar(xs, means, width, yerr=stds if any(stds) else None, capsize=3, label=col)
+        ax.bar_label(bars, labels=[f"{m:.1f}" for m in means], fontsize="x-small", padding=2)
     ax.set_xticks([g + 0.4 - width / 2 for g in range(len(groups))], groups, rotation=20, ha="right")
     ax.set_ylabel("accuracy (%)")
-    ax.legend(fontsize="small")
+    ax.set_ylim(0, min(110, max((m + s for v in series.values() for m, s in v.values()), default=100) * 1.15))
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     ax.set_title(", ".join(sorted({f"{r['setting']} {r['dataset']}" for r in results_list})))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def write_evaluation(folder: str | os.PathLike, classes: list[str], videos: list[str], scores, labels,
+                     replaced=None, top_k: int = 5) -> None:
+    """Per-class accuracy, the confusion matrix (CSV and PNG) and per-video predictions (CSV) of one evaluated
+    list: ``scores`` (N, C) class probabilities, ``labels`` (N,), ``videos`` their paths, ``replaced`` (N,) bool:
+    unreadable videos, scored on a black clip."""
+    import csv
+
+    import torch
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    scores, labels = torch.as_tensor(scores).float(), torch.as_tensor(labels).long()
+    C = len(classes)
+    predicted = scores.argmax(1)
+    confusion = torch.zeros(C, C, dtype=torch.long)
+    confusion.index_put_((labels, predicted), torch.ones_like(labels), accumulate=True)
+    with open(folder / "per_class.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["class", "videos", "top1"])
+        for c, name in enumerate(classes):
+            n = int(confusion[c].sum())
+            writer.writerow([name, n, f"{100 * confusion[c, c].item() / n:.2f}" if n else ""])
+    with open(folder / "confusion.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["true / predicted", *classes])
+        for c, name in enumerate(classes):
+            writer.writerow([name, *confusion[c].tolist()])
+    k = min(top_k, C)
+    top = scores.topk(k, dim=1)
+    with open(folder / "predictions.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["video", "label", "correct", "replaced", *[f"top{i + 1}" for i in range(k)],
+                         *[f"p{i + 1}" for i in range(k)]])
+        for i, video in enumerate(videos):
+            writer.writerow([video, classes[labels[i]], int(predicted[i] == labels[i]),
+                             int(bool(replaced[i])) if replaced is not None else 0,
+                             *[classes[j] for j in top.indices[i].tolist()],
+                             *[f"{p:.4f}" for p in top.values[i].tolist()]])
+    size = min(12.0, 2.5 + 0.25 * C)
+    fig, ax = plt.subplots(figsize=(size, size))
+    rows = confusion.float() / confusion.sum(1, keepdim=True).clamp_min(1)
+    ax.imshow(rows.numpy(), cmap="Blues", vmin=0, vmax=1)
+    if C <= 40:
+        ax.set_xticks(range(C), classes, rotation=90, fontsize="x-small")
+        ax.set_yticks(range(C), classes, fontsize="x-small")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"{folder.name}: confusion (rows normalised)")
+    fig.tight_layout()
+    fig.savefig(folder / "confusion.png", dpi=100)
+    plt.close(fig)
 
 
 def write_results(results: dict, run_dir: str | os.PathLike) -> Path:
@@ -160,7 +232,7 @@ class MetricsLogger:
                     self.writer.add_scalar(f"{tag}/{key}", value, step)
 
     def close(self) -> None:
-        if self.enabled:
+        if self.enabled and not self.file.closed:
             self.file.close()
             if self.writer is not None:
                 self.writer.close()

@@ -11,14 +11,15 @@ from msta_fast.training.config import ConfigError
 from msta_fast.training.distributed import DistInfo, barrier
 
 
-def resolve_sources(cfg: dict, info: DistInfo) -> tuple[Path | None, Path]:
-    """(data root, backbone checkpoint); on the synthetic data set both are made on first use."""
+def resolve_sources(cfg: dict, info: DistInfo, logger=None) -> tuple[Path | None, Path]:
+    """(data root, backbone checkpoint); on the synthetic data set both are made on first use (the pre-training
+    curve going to ``logger``, a :class:`~msta_fast.training.results.MetricsLogger`)."""
     if cfg["dataset"] == "synthetic":
         data_root = Path(cfg["data_root"]) if cfg["data_root"] else assets.synthetic_data(cfg, info)
         if cfg["data_root"] and info.is_main:
             assets.write_synthetic_descriptions(data_root, assets.num_descriptions(cfg))
         barrier(info)
-        checkpoint = cfg["checkpoint"] or assets.pretrained_model(cfg, data_root, info)
+        checkpoint = cfg["checkpoint"] or assets.pretrained_model(cfg, data_root, info, logger)
         return data_root, Path(checkpoint)
     if not cfg["checkpoint"]:
         raise ConfigError(f"--dataset {cfg['dataset']} needs --checkpoint VICLIP.pth (the ViCLIP weights)")
