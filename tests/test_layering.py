@@ -6,7 +6,7 @@ The layers, written once (imports go down, or stay inside a unit):
     3  msta_fast.methods, patching, adapter_io  one package per method; patch / save / load for any of them
     2  msta_fast.models, msta_fast.data         models know no adapter, data knows no model (side by side)
     1  msta_fast.ops (+ kernels, csrc)          the reference ops, their fast versions and the dispatch
-    0  msta_fast.constants, collectives         plain values and the one collective
+    0  msta_fast.constants, collectives, progress  plain values, the one collective, progress output
     the package's __init__: the public API, above everything; recipes/ above the library, never imported by it
 """
 
@@ -21,6 +21,7 @@ SOURCES = {REPO / "msta_fast": "msta_fast", REPO / "kernels": "msta_fast.kernels
 UNITS = {  # unit -> layer
     "msta_fast.constants": 0,
     "msta_fast.collectives": 0,
+    "msta_fast.progress": 0,
     "msta_fast.ops": 1,
     "msta_fast.models": 2,
     "msta_fast.data": 2,
