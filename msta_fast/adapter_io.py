@@ -1,13 +1,16 @@
 """Adapters saved alone: safetensors of the adapter weights, the method and its options in the metadata (PEFT's
 ``adapter_model.safetensors`` + ``adapter_config.json``, in one file). A few MB instead of the whole model.
 
-Metadata keys: ``format`` (``msta_fast.adapters/2``), ``method``, ``config`` (JSON of the method's options) and any
-extra JSON-serialisable entries the caller adds (a run's class names, say). Files of format 1 (one flat option
+Metadata keys: ``format`` (``msta_fast.adapters/2``), ``method``, ``config`` (JSON of the method's options),
+``backbone`` (the shapes of the model's own parameters and, for a ViCLIP, its architecture: :func:`load_adapters`
+names what differs on another backbone) and any extra JSON-serialisable entries the caller adds (a run's class
+names, prompt, frames, ...). Files of format 1 (one flat option
 dict for every method) still load: :func:`config_from_v1` keeps the options that apply to the saved method.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -39,6 +42,43 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: full_tensor(p.detach()).cpu().contiguous() for n, p in adapter_parameters(model).items()}
 
 
+def backbone_description(model: nn.Module) -> dict:
+    """The backbone's parameter shapes (adapters left out) and, where the model has one, its architecture."""
+    state = patch_state(model)
+    own = set(state.adapter_names) if state is not None and not state.attachment.trains_everything else set()
+    # a parametrized weight (LoRA) is the same backbone weight: name it as the unpatched model does
+    shapes = {_unparametrized(n): list(p.shape) for n, p in model.named_parameters() if n not in own}
+    out = {"shapes": shapes}
+    config = getattr(model, "config", None)
+    if dataclasses.is_dataclass(config):
+        out["architecture"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(config).items()}
+    return out
+
+
+def _unparametrized(name: str) -> str:
+    return name.replace(".parametrizations.", ".").removesuffix(".original")
+
+
+def backbone_differences(saved: dict, model: nn.Module) -> list[str]:
+    """What differs between the backbone an adapter file was saved on and ``model``'s, as readable lines."""
+    now = backbone_description(model)
+    lines = []
+    for key in sorted(set(saved.get("architecture", {})) | set(now.get("architecture", {}))):
+        a, b = saved.get("architecture", {}).get(key), now.get("architecture", {}).get(key)
+        if "architecture" in saved and "architecture" in now and a != b:
+            lines.append(f"architecture {key}: file {a} vs model {b}")
+    old, new = saved.get("shapes", {}), now["shapes"]
+    lines += [f"{k}: file {tuple(old[k])} vs model {tuple(new[k])}" for k in sorted(set(old) & set(new))
+              if old[k] != new[k]]
+    if missing := sorted(set(old) - set(new)):
+        lines.append(f"parameters the file's backbone had and this model lacks: {missing[:8]}"
+                     + (f" and {len(missing) - 8} more" if len(missing) > 8 else ""))
+    if extra := sorted(set(new) - set(old)):
+        lines.append(f"parameters of this model the file's backbone lacked: {extra[:8]}"
+                     + (f" and {len(extra) - 8} more" if len(extra) > 8 else ""))
+    return lines
+
+
 def _atomic_save(tensors: dict, path: Path, metadata: dict[str, str]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
@@ -64,7 +104,8 @@ def save_adapters(model: nn.Module, path: str | os.PathLike, *, extra: dict | No
     path = Path(path)
     tensors = adapter_state_dict(model)
     if write:
-        metadata = {"format": FORMAT, "method": state.method, "config": json.dumps(state.config.to_dict())}
+        metadata = {"format": FORMAT, "method": state.method, "config": json.dumps(state.config.to_dict()),
+                    "backbone": json.dumps(backbone_description(model))}
         reserved = set(metadata) & set(extra or {})
         if reserved:
             raise ValueError(f"extra metadata may not use the keys {sorted(reserved)}")
@@ -132,6 +173,10 @@ def load_adapters(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     options first; a patched one must have been patched with the same ones (the differences are listed)."""
     path = Path(path)
     method, saved, tensors = read_adapters(path)
+    backbone = read_adapter_metadata(path).get("backbone")
+    if backbone is not None and (differences := backbone_differences(backbone, model)):
+        raise CheckpointMismatchError(str(path), [], [], [f"the adapters were saved on another backbone: {line}"
+                                                          for line in differences])
     state = patch_state(model)
     if state is None:
         patch(model, method, config=saved)

@@ -126,3 +126,14 @@ def test_bad_metadata_and_truncated_files_name_the_file(tmp_path):
                                                                "config": '{"rank": 8}'})
     with pytest.raises(ValueError, match="opts.safetensors: the adapter options .* no option 'rank'"):
         msta_fast.load_adapters(msta_fast.build_viclip("viclip-tiny"), tmp_path / "opts.safetensors")
+
+
+def test_adapters_on_another_backbone_name_what_differs(tmp_path):
+    path = msta_fast.save_adapters(patched("lora", rank=4), tmp_path / "lora.safetensors")
+    msta_fast.load_adapters(msta_fast.build_viclip("viclip-tiny"), path)  # the same architecture: loads
+    other = msta_fast.build_viclip("viclip-tiny", text_layers=3)
+    with pytest.raises(msta_fast.CheckpointMismatchError) as err:
+        msta_fast.load_adapters(other, path)
+    message = str(err.value)
+    assert "saved on another backbone" in message and "architecture text_layers: file 2 vs model 3" in message
+    assert "text_encoder.transformer.resblocks.2" in message  # the block the file's backbone lacked
