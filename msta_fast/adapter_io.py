@@ -51,7 +51,8 @@ def backbone_description(model: nn.Module) -> dict:
     out = {"shapes": shapes}
     config = getattr(model, "config", None)
     if dataclasses.is_dataclass(config):
-        out["architecture"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(config).items()}
+        out["architecture"] = {k: list(v) if isinstance(v, tuple) else v
+                               for k, v in dataclasses.asdict(config).items()}
     return out
 
 
