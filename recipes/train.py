@@ -45,7 +45,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="comma-separated: zero, msta, lora, adaptformer, full, m2clip (default: the config's)")
     parser.add_argument("--config", default=None, help="YAML file (default: configs/<setting>/<dataset>.yaml)")
     parser.add_argument("--checkpoint", default=None, help="ViCLIP weights (.pth or .safetensors)")
-    parser.add_argument("--data-root", default=None, help="folder holding the videos of the lists")
+    parser.add_argument("--data-root", default=None,
+                        help="folder of the videos: a data set's (the lists' paths are relative to it), or your own "
+                             "with one sub-folder per class (then --dataset may be left out)")
+    parser.add_argument("--train-list", default=None,
+                        help="your own lists instead of class folders: 'path label' lines, paths relative to "
+                             "--data-root (with --val-list and --labels)")
+    parser.add_argument("--val-list", default=None, help="your validation list (see --train-list)")
+    parser.add_argument("--labels", default=None, help="class names of your lists: a labels CSV (id,name) or a "
+                        "name per line")
     parser.add_argument("--lists-dir", default=None, help="your lists in the ViFi-CLIP layout (the K-400 train list)")
     parser.add_argument("--out", default=None, help="run directory (default: runs/<setting>_<dataset>)")
     parser.add_argument("--cache-dir", default=None,
@@ -76,6 +84,8 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 
 from msta_fast.adapter_io import load_adapters, save_adapters  # noqa: E402
+from msta_fast.data.lists import write_list  # noqa: E402
+from msta_fast.methods import get_method  # noqa: E402
 from msta_fast.patching import count_trainable, patch  # noqa: E402
 from msta_fast.progress import progress_bar  # noqa: E402
 from msta_fast.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint  # noqa: E402
@@ -85,9 +95,11 @@ from msta_fast.training.config import (  # noqa: E402
     check_methods,
     config_changes,
     load_yaml,
+    merge,
     method_config,
     method_options,
     save_config,
+    validate,
 )
 from msta_fast.training.descriptions import encode_descriptions, job_descriptions  # noqa: E402
 from msta_fast.training.distributed import (  # noqa: E402
@@ -102,7 +114,7 @@ from msta_fast.training.distributed import (  # noqa: E402
 )
 from msta_fast.training.evaluation import autocast_for, class_tokens, evaluate_lists  # noqa: E402
 from msta_fast.training.files import atomic_write_text, read_json  # noqa: E402
-from msta_fast.training.jobs import Job, plan_jobs, summarize  # noqa: E402
+from msta_fast.training.jobs import Job, folder_data, plan_jobs, summarize  # noqa: E402
 from msta_fast.training.loaders import iterate_keeping_rng, train_loader  # noqa: E402
 from msta_fast.training.results import MetricsLogger, plot_results, results_table, write_results  # noqa: E402
 from msta_fast.training.schedule import build_optimizer, build_scheduler  # noqa: E402
@@ -115,14 +127,24 @@ def parse_args(argv: list[str] | None = None) -> dict:
     """The resolved config. Values of the YAML file win over the built-in defaults; only the flags given on the
     command line override the file, and ``--set`` overrides everything."""
     args = build_parser().parse_args(argv)
+    own_lists = args.train_list or args.val_list or args.labels
     if args.config:
         config = Path(args.config)
     else:
-        config = CONFIGS / (args.setting or "b2n") / f"{args.dataset or 'synthetic'}.yaml"
+        # a --data-root without --dataset is your own folder of videos
+        dataset = args.dataset or ("folder" if args.data_root or own_lists else "synthetic")
+        config = CONFIGS / (args.setting or "b2n") / f"{dataset}.yaml"
         if not config.is_file():
-            raise ConfigError(f"no config for --setting {args.setting or 'b2n'} --dataset "
-                              f"{args.dataset or 'synthetic'} ({config}); pass --config")
+            known = sorted(p.stem for p in (CONFIGS / (args.setting or "b2n")).glob("*.yaml"))
+            raise ConfigError(f"no config for --setting {args.setting or 'b2n'} --dataset {dataset} ({config}; "
+                              f"shipped: {', '.join(known)}); pass --config FILE")
+        if args.dataset is None:
+            args.dataset = dataset
     flags = {}
+    for key, value in (("data.train_list", args.train_list), ("data.val_list", args.val_list),
+                       ("data.labels", args.labels)):
+        if value is not None:
+            flags[key] = value
     for key, value in (("setting", args.setting), ("dataset", args.dataset), ("checkpoint", args.checkpoint),
                        ("data_root", args.data_root), ("out", args.out), ("lists_dir", args.lists_dir),
                        ("cache_dir", args.cache_dir)):
@@ -379,10 +401,13 @@ def accumulation_steps(batch_size: int, micro: int, info: DistInfo) -> int:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    cfg = parse_args(argv)
+    cfg = with_builtin_backbone(parse_args(argv))
     check_methods(cfg)  # every method's options, before any work starts
+    folder = folder_data(cfg, Path(cfg["data_root"])) if cfg["dataset"] == "folder" else None
+    check_folder_setting(cfg, folder)
     info = init_distributed()
-    run_dir = Path(cfg["out"] or f"runs/{cfg['setting']}_{cfg['dataset']}")
+    name = folder.name if folder is not None else cfg["dataset"]
+    run_dir = Path(cfg["out"] or f"runs/{cfg['setting']}_{name}")
     changes = check_run_dir(run_dir, cfg)
     new_run_dir = not run_dir.exists()
     if info.is_main:
@@ -394,8 +419,10 @@ def main(argv: list[str] | None = None) -> dict:
     started = time.time()
     try:
         data_root, backbone = resolve_sources(cfg, info, logger)
-        jobs = plan_jobs(cfg, data_root)
-        results = {"setting": cfg["setting"], "dataset": cfg["dataset"], "methods": {},
+        jobs = plan_jobs(cfg, data_root, folder)
+        if folder is not None and info.is_main:
+            record_folder(folder, run_dir)
+        results = {"setting": cfg["setting"], "dataset": name, "methods": {},
                    "trainable_parameters": {}, "views": _views(cfg, jobs), "config": cfg}
         for method in cfg["methods"]:
             mcfg = method_config(cfg, method)
@@ -421,6 +448,36 @@ def main(argv: list[str] | None = None) -> dict:
 def _has_work(run_dir: Path) -> bool:
     """Whether a run directory holds something a --resume would use (a checkpoint or a finished job)."""
     return any(run_dir.rglob("done.json")) or any(run_dir.rglob("LATEST"))
+
+
+def with_builtin_backbone(cfg: dict) -> dict:
+    """Your own folder without ``--checkpoint`` runs on the built-in small backbone: its sizes from
+    ``builtin_backbone`` (said once: the accuracy it gets is not what ViCLIP would give)."""
+    if cfg["dataset"] != "folder" or cfg["checkpoint"] or not cfg["builtin_backbone"]:
+        return cfg
+    print("warning: no --checkpoint: training on the built-in small backbone pre-trained on synthetic captions; "
+          "for real accuracy pass ViCLIP weights (--checkpoint ViClip-InternVid-10M-FLT.pth)", file=sys.stderr)
+    out = merge(cfg, cfg["builtin_backbone"])
+    validate(out, "builtin_backbone")
+    return out
+
+
+def check_folder_setting(cfg: dict, folder) -> None:
+    if folder is None:
+        return
+    training = [m for m in cfg["methods"] if get_method(m).trains]
+    if cfg["setting"] == "zs" and training:
+        raise ConfigError(f"--setting zs on your own videos evaluates the backbone as it is (--methods zero); "
+                          f"{', '.join(training)} would train: use --setting full, fs or b2n for that")
+
+
+def record_folder(folder, run_dir: Path) -> None:
+    """What the run used, so that it can be reproduced and re-scored: ``classes.txt`` (a name per line, index =
+    label) and ``splits/<split>.txt`` (paths relative to the data folder, label index)."""
+    atomic_write_text(run_dir / "classes.txt", "".join(f"{name}\n" for name in folder.classes))
+    (run_dir / "splits").mkdir(exist_ok=True)
+    for split, samples in folder.splits.items():
+        write_list(run_dir / "splits" / f"{split}.txt", samples)
 
 
 def check_run_dir(run_dir: Path, cfg: dict) -> list[tuple[str, object, object]]:

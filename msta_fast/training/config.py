@@ -34,7 +34,7 @@ DEFAULTS: dict = {
     "out": None,  # run directory; default runs/<setting>_<dataset>
     "data_root": None,  # folder holding the videos (list paths are relative to it)
     "lists_dir": None,  # user lists in the ViFi-CLIP layout (the K-400 lists too large to ship)
-    "checkpoint": None,  # ViCLIP weights; None on the synthetic data = the model recipes/pretrain.py caches
+    "checkpoint": None,  # ViCLIP weights; None = the small model recipes/pretrain.py caches (synthetic captions)
     "cache_dir": None,  # synthetic data and pre-trained model; default $MSTA_FAST_CACHE or ~/.cache/msta_fast
     "resume": False,
     "allow_changes": False,  # with resume: continue although this config differs from the run's (changes listed)
@@ -75,6 +75,12 @@ DEFAULTS: dict = {
         "strict": False,  # True: an unreadable video stops the run instead of being replaced
         "augment": True,  # the paper's augmentation; the synthetic set turns it off (flips reverse directions)
         "flip_prob": 0.5,  # the paper's; 0 keeps the rest of the augmentation where a flip changes the class
+        # dataset: folder (your own videos under data_root): the hold-out fraction when the folder has no val/,
+        # or explicit lists instead of class folders (read_list format; labels: a labels CSV or a name per line)
+        "val_fraction": 0.2,
+        "train_list": None,
+        "val_list": None,
+        "labels": None,
     },
     "eval": {
         "batch_size": 16,
@@ -108,6 +114,9 @@ DEFAULTS: dict = {
         "weight_decay": 0.05,
     },
     "method_overrides": {},  # per method: a nested dict merged into the config for that method's runs
+    # merged into the config when the run has no checkpoint and uses the built-in small backbone (your own folder
+    # without ViCLIP weights): the sizes that backbone was pre-trained with, and adapters that fit it
+    "builtin_backbone": {},
     "debug": {
         "max_videos": 0,  # use at most this many videos per list (quick runs)
     },
@@ -123,7 +132,7 @@ CHOICES = {
 }
 _FLOAT_1_1 = (r"^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+][0-9]+)?|\.[0-9][0-9_]*(?:[eE][-+][0-9]+)?"
               r"|[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+\.[0-9_]*|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$")
-FREE_FORM = ("model.overrides", "adapter", "method_overrides", "protocol.target_roots")
+FREE_FORM = ("model.overrides", "adapter", "method_overrides", "protocol.target_roots", "builtin_backbone")
 # loss.<method> sections are checked by the method's own loss options (method_options)
 METHOD_SECTIONS = ("loss",)
 
@@ -244,6 +253,7 @@ def check_values(cfg: dict, source: str = "config") -> None:
          "eval.num_clips must be >= 0 and eval.num_crops 0 (the protocol's), 1 or 3"),
         (cfg["data"]["num_workers"] >= 0, "data.num_workers must be >= 0"),
         (0 <= cfg["data"]["flip_prob"] <= 1, "data.flip_prob must be in [0, 1]"),
+        (0 < cfg["data"]["val_fraction"] < 1, "data.val_fraction must be in (0, 1)"),
         (cfg["checkpointing"]["every_steps"] >= 0, "checkpointing.every_steps must be >= 0 (0: epoch ends only)"),
         (bool(cfg["methods"]) and all(isinstance(m, str) for m in cfg["methods"]),
          "methods must be a non-empty list of method names"),

@@ -22,6 +22,15 @@ DESCRIPTION_NAMES = {"k400": "k400", "k600": "k600", "hmdb": "hmdb", "ucf": "ucf
                      "synthetic": "synthetic"}
 
 
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        log.warning(message)
+
+
 def job_descriptions(options, job, data_root: Path | None) -> tuple[dict, dict]:
     """(spatial, temporal) ``{class index: sentences}`` for the job's training classes.
 
@@ -36,10 +45,12 @@ def job_descriptions(options, job, data_root: Path | None) -> tuple[dict, dict]:
     out = []
     for letter, kind in (("s", "spatial"), ("t", "temporal")):
         if folder is None:
-            log.warning("loss.msta.descriptions_dir is not set: the consistency constraint uses template sentences")
+            _warn_once("loss.msta.descriptions_dir is not set: the consistency constraint uses template sentences "
+                       "built from the class names (write real ones with python -m msta_fast.data.descriptions)")
             out.append({i: template_descriptions(c, kind, n) for i, c in enumerate(job.classes)})
             continue
-        path = Path(folder) / f"{n}_{letter}_description_{DESCRIPTION_NAMES[job.dataset]}{job.description_part}.json"
+        name = DESCRIPTION_NAMES.get(job.dataset, job.dataset)  # your own folder: its name
+        path = Path(folder) / f"{n}_{letter}_description_{name}{job.description_part}.json"
         if not path.is_file():
             raise ConfigError(f"loss.msta.descriptions_dir: {path} not found (write it with "
                               f"`python -m msta_fast.data.descriptions --kind {kind} --n {n} ...`)")

@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from msta_fast.data import EvalSet, get_protocol
-from msta_fast.data.lists import Sample
+from msta_fast.data.folder import FolderDataset, base_novel_classes, scan_folder, shots_per_class
+from msta_fast.data.lists import Sample, check_labels, read_labels, read_list
+from msta_fast.training.config import ConfigError
 from msta_fast.training.evaluation import harmonic_mean
 from msta_fast.training.results import mean_std
 
@@ -42,8 +44,11 @@ def _root(cfg: dict, dataset: str, data_root: Path | None) -> Path | None:
     return Path(roots[dataset]) if roots.get(dataset) else data_root
 
 
-def plan_jobs(cfg: dict, data_root: Path | None) -> list[Job]:
-    """The jobs of ``cfg["setting"]`` on ``cfg["dataset"]``; ``data_root`` is the resolved data folder."""
+def plan_jobs(cfg: dict, data_root: Path | None, folder: FolderDataset | None = None) -> list[Job]:
+    """The jobs of ``cfg["setting"]`` on ``cfg["dataset"]``; ``data_root`` is the resolved data folder, ``folder``
+    the user's own data set (``dataset: folder``, see :func:`folder_data`)."""
+    if cfg["dataset"] == "folder":
+        return plan_folder_jobs(cfg, folder)
     dataset, setting, p = cfg["dataset"], cfg["setting"], cfg["protocol"]
     lists = cfg["lists_dir"]
     select = None if cfg["eval"]["select_best"] == "last" else "base"
@@ -82,6 +87,92 @@ def plan_jobs(cfg: dict, data_root: Path | None) -> list[Job]:
         evals = {name: (ev, data_root) for name, ev in proto.evals.items()}
         jobs.append(Job("full", proto.train, data_root, proto.classes, dataset, "", evals))
     return jobs
+
+
+def folder_data(cfg: dict, data_root: Path) -> FolderDataset:
+    """The user's own data set: the class folders under ``data_root`` (:func:`msta_fast.data.folder.scan_folder`),
+    or the explicit lists ``data.train_list`` / ``data.val_list`` (``read_list`` format, paths relative to
+    ``data_root``) with the class names of ``data.labels`` (a labels CSV, or one name per line)."""
+    d = cfg["data"]
+    if not d["train_list"] and not d["val_list"]:
+        return scan_folder(data_root, val_fraction=d["val_fraction"], seed=cfg["seed"])
+    missing = [f"data.{key} ({d[key]})" if d[key] else f"data.{key} (not set)" for key in ("train_list", "val_list",
+               "labels") if not d[key] or not Path(d[key]).is_file()]
+    if missing:
+        raise ConfigError(f"explicit lists need all three files; missing: {', '.join(missing)}")
+    labels = Path(d["labels"])
+    if labels.suffix == ".csv":
+        classes = read_labels(labels)
+    else:
+        classes = [line.strip() for line in labels.read_text(encoding="utf-8").splitlines() if line.strip()]
+    splits = {"train": read_list(d["train_list"]), "val": read_list(d["val_list"])}
+    for split, samples in splits.items():
+        check_labels(samples, len(classes), d[f"{split}_list"])
+    return FolderDataset(Path(data_root).resolve().name, Path(data_root), classes, splits)
+
+
+def plan_folder_jobs(cfg: dict, data: FolderDataset) -> list[Job]:
+    """The protocol's jobs on the user's own data set.
+
+    - full: train on ``train``; evaluate on ``val`` (and ``test``) with the configured views.
+    - fs: per K of ``protocol.shots``, K videos per class drawn from ``train`` with the seed K; evaluate on ``val``.
+    - b2n: per seed, a seeded half/half split of the classes into base and novel (or the user's
+      ``base_classes.txt`` in the data folder); 16 shots per base class from ``train``, as the protocol; base-val
+      selects the epoch; evaluate base and novel on ``val``.
+    - zs: the backbone as it is on ``val`` (zero-shot).
+    """
+    setting, p, name = cfg["setting"], cfg["protocol"], data.name
+    clips, crops = (4, 3) if setting == "full" else (1, 1)
+
+    def evalset(samples, classes):
+        return EvalSet(samples, classes, clips, crops), data.root
+
+    evals = {split: evalset(data.splits[split], data.classes) for split in ("val", "test") if data.splits.get(split)}
+    if not evals:
+        raise ConfigError(f"{data.root}: no validation videos (add a val/ folder, or more videos per class for "
+                          "the hold-out)")
+    if setting == "full":
+        return [Job("full", data.splits["train"], data.root, data.classes, name, "", evals)]
+    if setting == "fs":
+        best = next(iter(evals)) if cfg["eval"]["select_best"] == "best" else None
+        return [Job(f"k{k}", shots_per_class(data.splits["train"], k, k), data.root, data.classes, name, "", evals,
+                    best, seed=k, shots=k) for k in p["shots"]]
+    if setting == "zs":
+        return [Job("eval", None, data.root, data.classes, name, "", evals)]
+    select = None if cfg["eval"]["select_best"] == "last" else "base"
+    jobs = []
+    for seed in p["seeds"]:
+        base, novel = user_base_classes(data) or base_novel_classes(len(data.classes), seed)
+        split_evals = {}
+        for part, members in (("base", base), ("novel", novel)):
+            index = {c: i for i, c in enumerate(members)}
+            val = [(path, index[y]) for path, y in data.splits["val"] if y in index]
+            split_evals[part] = evalset(val, [data.classes[c] for c in members])
+        base_index = {c: i for i, c in enumerate(base)}
+        train = shots_per_class([(path, base_index[y]) for path, y in data.splits["train"] if y in base_index], 16,
+                                seed)
+        jobs.append(Job(f"seed{seed}", train, data.root, [data.classes[c] for c in base], name, "_base", split_evals,
+                        select, seed))
+    return jobs
+
+
+def user_base_classes(data: FolderDataset) -> tuple[list[int], list[int]] | None:
+    """(base, novel) class indices from ``base_classes.txt`` in the data folder (a class name per line), if any."""
+    path = data.root / "base_classes.txt"
+    if not path.is_file():
+        return None
+    names = {c.lower(): i for i, c in enumerate(data.classes)}
+    base = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            if line.strip().lower() not in names:
+                raise ConfigError(f"{path}:{number}: no class {line.strip()!r} (the classes: {data.classes})")
+            base.append(names[line.strip().lower()])
+    novel = [c for c in range(len(data.classes)) if c not in base]
+    if not base or not novel:
+        raise ConfigError(f"{path}: base-to-novel needs base and novel classes; it lists {len(base)} of "
+                          f"{len(data.classes)}")
+    return sorted(base), novel
 
 
 def summarize(setting: str, jobs: list[Job], outcomes: dict[str, dict]) -> dict:

@@ -14,6 +14,11 @@ from msta_fast.training.distributed import DistInfo, barrier
 def resolve_sources(cfg: dict, info: DistInfo, logger=None) -> tuple[Path | None, Path]:
     """(data root, backbone checkpoint); on the synthetic data set both are made on first use (the pre-training
     curve going to ``logger``, a :class:`~msta_fast.training.results.MetricsLogger`)."""
+    if cfg["dataset"] == "folder":
+        if not cfg["data_root"]:
+            raise ConfigError("dataset: folder needs --data-root (your folder of videos, one sub-folder per class)")
+        checkpoint = cfg["checkpoint"] or assets.pretrained_model(cfg, assets.synthetic_data(cfg, info), info, logger)
+        return Path(cfg["data_root"]), Path(checkpoint)
     if cfg["dataset"] == "synthetic":
         data_root = Path(cfg["data_root"]) if cfg["data_root"] else assets.synthetic_data(cfg, info)
         if cfg["data_root"] and info.is_main:
