@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 
-from msta_fast.data import DaliVideoLoader, build_train_loader, decode_frames
+from msta_fast.data import build_loader, decode_frames
 from msta_fast.data.encode import write_video
 from msta_fast.data.sampling import segment_indices
 
@@ -76,8 +76,8 @@ def test_decode(benchmark, record_result, videos, backend):
 @pytest.mark.parametrize("backend", ["decord", "pyav"])
 def test_loader(benchmark, record_result, videos, backend, workers):
     # repeat the list so that an epoch keeps the workers busy
-    loader = build_train_loader(videos * 4, None, batch_size=8, num_frames=CLIP_FRAMES, size=SIZE,
-                                num_workers=workers, backend=backend)
+    loader = build_loader(videos * 4, None, train=True, batch_size=8, num_frames=CLIP_FRAMES, size=SIZE,
+                          loader="torch", num_workers=workers, backend=backend)
 
     def epoch():
         return sum(len(batch["video"]) for batch in loader)
@@ -92,12 +92,10 @@ def test_loader(benchmark, record_result, videos, backend, workers):
 @pytest.mark.parametrize("provider", ["dali", "decord-16-workers"])
 def test_gpu_loader(benchmark, record_result, videos, provider):
     samples = videos * 8
-    if provider == "dali":
-        loader = DaliVideoLoader(samples, None, batch_size=32, num_frames=CLIP_FRAMES, size=SIZE, device="cuda",
-                                 num_threads=8)
-    else:
-        loader = build_train_loader(samples, None, batch_size=32, num_frames=CLIP_FRAMES, size=SIZE, num_workers=16,
-                                    pin_memory=True)
+    # the torch loader pins its batches for a CUDA device
+    kind = dict(loader="dali", num_threads=8) if provider == "dali" else dict(loader="torch", num_workers=16)
+    loader = build_loader(samples, None, train=True, batch_size=32, num_frames=CLIP_FRAMES, size=SIZE, device="cuda",
+                          **kind)
 
     def epoch():
         count = 0

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from msta_fast.data import VideoDecodeError, build_eval_loader, build_train_loader, get_protocol
+from msta_fast.data import VideoDecodeError, build_loader, get_protocol
 from msta_fast.data.encode import write_video
 from msta_fast.data.sampling import aggregate_views, drop_padding
 from msta_fast.data.synthetic import generate
@@ -29,18 +29,17 @@ def collect(loader):
 
 def test_train_batches_are_deterministic_across_workers(synthetic):
     train = synthetic.train[:40]
-    single, batches = collect(build_train_loader(train, synthetic.data_root, batch_size=16, num_frames=T, size=S,
-                                                 seed=5))
+    kwargs = dict(train=True, batch_size=16, num_frames=T, size=S, seed=5)
+    single, batches = collect(build_loader(train, synthetic.data_root, **kwargs))
     assert [b["video"].shape for b in batches] == [(16, T, 3, S, S)] * 2 + [(8, T, 3, S, S)]
     assert single["video"].dtype == torch.float32 and abs(single["video"].mean().item()) < 3
     assert sorted(single["video_index"].tolist()) == list(range(40))  # every video once per epoch
     assert single["label"].tolist() == [train[i][1] for i in single["video_index"].tolist()]
     assert not single["replaced"].any()
-    workers, _ = collect(build_train_loader(train, synthetic.data_root, batch_size=16, num_frames=T, size=S, seed=5,
-                                            num_workers=2))
+    workers, _ = collect(build_loader(train, synthetic.data_root, **kwargs, num_workers=2))
     assert torch.equal(single["video_index"], workers["video_index"])
     assert torch.allclose(single["video"], workers["video"])
-    other, _ = collect(build_train_loader(train, synthetic.data_root, batch_size=16, num_frames=T, size=S, seed=6))
+    other, _ = collect(build_loader(train, synthetic.data_root, **{**kwargs, "seed": 6}))
     assert not torch.equal(single["video_index"], other["video_index"])
 
 
@@ -48,7 +47,7 @@ def test_training_resumes_mid_epoch(synthetic):
     train = synthetic.train[:30]
 
     def loader():
-        result = build_train_loader(train, synthetic.data_root, batch_size=8, num_frames=T, size=S, seed=2)
+        result = build_loader(train, synthetic.data_root, train=True, batch_size=8, num_frames=T, size=S, seed=2)
         result.set_epoch(1)
         return result
 
@@ -66,12 +65,12 @@ def test_training_resumes_mid_epoch(synthetic):
 
 def test_multi_view_eval_over_ranks_is_exact(synthetic):
     samples = synthetic.evals["novel"].samples[:10]
-    kwargs = dict(batch_size=7, num_frames=T, size=S, num_clips=2, num_crops=3)
-    single, _ = collect(build_eval_loader(samples, synthetic.data_root, **kwargs))
+    kwargs = dict(train=False, batch_size=7, num_frames=T, size=S, num_clips=2, num_crops=3)
+    single, _ = collect(build_loader(samples, synthetic.data_root, **kwargs))
     assert len(single["video"]) == 10 * 6  # no dropped last batch
     pairs = set(zip(single["video_index"].tolist(), single["view_index"].tolist(), strict=True))
     assert pairs == {(v, w) for v in range(10) for w in range(6)}
-    per_rank = [collect(build_eval_loader(samples, synthetic.data_root, rank=r, world_size=4, **kwargs))[0]
+    per_rank = [collect(build_loader(samples, synthetic.data_root, rank=r, world_size=4, **kwargs))[0]
                 for r in range(4)]
     assert len({len(r["video"]) for r in per_rank}) == 1
     for key in ("video", "video_index", "view_index", "label"):
@@ -101,7 +100,7 @@ def with_bad_videos(synthetic, tmp_path):
 
 def test_corrupt_videos_are_replaced_and_reported(with_bad_videos):
     samples = with_bad_videos
-    loader = build_train_loader(samples, None, batch_size=4, num_frames=T, size=S, seed=0)
+    loader = build_loader(samples, None, train=True, batch_size=4, num_frames=T, size=S, seed=0)
     with pytest.warns(UserWarning) as record:
         batches = list(loader)
     assert all(b["video"].shape[1:] == (T, 3, S, S) for b in batches)
@@ -113,7 +112,7 @@ def test_corrupt_videos_are_replaced_and_reported(with_bad_videos):
     assert not {3, 4, 5, 6} & set(torch.cat([b["video_index"] for b in batches])[replaced].tolist())
 
     with pytest.warns(UserWarning):
-        evaluated, _ = collect(build_eval_loader(samples, None, batch_size=4, num_frames=T, size=S))
+        evaluated, _ = collect(build_loader(samples, None, train=False, batch_size=4, num_frames=T, size=S))
     bad = evaluated["replaced"]
     assert bad.tolist() == [i in (3, 4, 5, 6) for i in range(len(samples))]
     assert evaluated["label"].tolist() == [y for _, y in samples]
@@ -123,7 +122,7 @@ def test_corrupt_videos_are_replaced_and_reported(with_bad_videos):
 
     with pytest.raises(VideoDecodeError, match="missing.mp4"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        list(build_eval_loader(samples, None, batch_size=4, num_frames=T, size=S, strict=True))
+        list(build_loader(samples, None, train=False, batch_size=4, num_frames=T, size=S, strict=True))
 
 
 def _rank_worker(rank, world_size, init_file, samples, data_root, out):
@@ -131,8 +130,8 @@ def _rank_worker(rank, world_size, init_file, samples, data_root, out):
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
     try:
-        loader = build_eval_loader(samples, data_root, batch_size=4, num_frames=T, size=S, num_clips=1,
-                                   num_crops=3)  # rank and world size come from the process group
+        # rank and world size come from the process group
+        loader = build_loader(samples, data_root, train=False, batch_size=4, num_frames=T, size=S, num_crops=3)
         local, _ = collect(loader)
         rows = torch.stack([local["video_index"], local["view_index"], local["label"]], 1)
         gathered = [torch.empty_like(rows) for _ in range(world_size)]
@@ -157,7 +156,7 @@ def test_two_processes_evaluate_every_view_once(synthetic, tmp_path):
 def test_flip_probability_is_an_option(synthetic):
     """flip_prob 1 gives exactly the mirror image of flip_prob 0 with the same seed (nothing else changes)."""
     train = synthetic.train[:8]
-    runs = {p: collect(build_train_loader(train, synthetic.data_root, batch_size=8, num_frames=T, size=S, seed=3,
-                                          flip_prob=p))[0] for p in (0.0, 1.0)}
+    kwargs = dict(train=True, batch_size=8, num_frames=T, size=S, seed=3)
+    runs = {p: collect(build_loader(train, synthetic.data_root, **kwargs, flip_prob=p))[0] for p in (0.0, 1.0)}
     assert torch.equal(runs[0.0]["video_index"], runs[1.0]["video_index"])
     torch.testing.assert_close(runs[1.0]["video"], runs[0.0]["video"].flip(-1))

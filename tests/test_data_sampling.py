@@ -56,7 +56,6 @@ def test_eval_sampler_covers_every_item_once(n, world):
     assert len({len(p) for p in per_rank}) == 1  # same number of batches on every rank
     gathered = torch.tensor([i for p in per_rank for i in p])
     assert drop_padding(gathered, n).tolist() == list(range(n))
-    assert sum(EvalSampler(n, rank=r, world_size=world).num_real() for r in range(world)) == n
     with pytest.raises(ValueError, match="missing"):
         drop_padding(gathered[: n - 1], n)
 

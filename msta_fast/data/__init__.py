@@ -1,18 +1,17 @@
 """Video data pipeline: protocol lists, frame sampling, decoding (decord, PyAV, DALI), augmentation, loaders,
 class descriptions and a synthetic action data set."""
 
-from .dali_loader import DaliVideoLoader
-from .dataset import VideoDataset, VideoLoader, build_eval_loader, build_train_loader
-from .decode import BACKENDS, VideoDecodeError, decode_frames, num_frames, open_video
+from .decode import VideoDecodeError, decode_frames, num_frames
 from .lists import ProtocolFileError, read_labels, read_list
+from .loaders import build_loader
 from .registry import EvalSet, Protocol, get_protocol, list_datasets
-from .sampling import EvalSampler, TrainSampler, aggregate_views, drop_padding, segment_indices
+from .sampling import aggregate_views, drop_padding, segment_indices
+from .video_loader import VideoLoader
 
 __all__ = [
-    "BACKENDS", "DaliVideoLoader", "EvalSampler", "EvalSet", "Protocol", "ProtocolFileError",
-    "TrainSampler", "VideoDataset", "VideoDecodeError", "VideoLoader", "aggregate_views", "build_eval_loader",
-    "build_train_loader", "decode_frames", "drop_padding", "get_protocol", "list_datasets", "load_descriptions",
-    "num_frames", "open_video", "read_labels", "read_list", "save_descriptions", "segment_indices",
+    "EvalSet", "Protocol", "ProtocolFileError", "VideoDecodeError", "VideoLoader", "aggregate_views",
+    "build_loader", "decode_frames", "drop_padding", "get_protocol", "list_datasets", "load_descriptions",
+    "num_frames", "read_labels", "read_list", "save_descriptions", "segment_indices",
 ]
 
 

@@ -97,7 +97,10 @@ class DecordSource(VideoSource):
 
 
 class PyAVSource(VideoSource):
-    """Decodes sequentially from the start up to the last wanted frame (exact frame indices, no seek drift)."""
+    """Decodes sequentially from the start up to the last wanted frame (exact frame indices, no seek drift).
+
+    ``frame_size``: (height, width) of the frames, read from the stream header.
+    """
 
     def __init__(self, path: Path):
         import av
@@ -109,6 +112,7 @@ class PyAVSource(VideoSource):
             if not self._container.streams.video:
                 raise VideoDecodeError(path, "no video stream")
             stream = self._container.streams.video[0]
+            self.frame_size = (stream.height, stream.width)  # from the header, without decoding
             frames = stream.frames
             if frames <= 0:  # WebM and some AVIs do not store the count: count the packets
                 frames = sum(1 for p in self._container.demux(stream) if p.size)

@@ -45,12 +45,6 @@ class Protocol:
     classes: list[str]  # class names of the training classifier, index = label of ``train``
     evals: dict[str, EvalSet] = field(default_factory=dict)
 
-    def video_path(self, relative: str) -> Path:
-        """Absolute path of a list entry (the data root is prepended)."""
-        if self.data_root is None:
-            raise ValueError(f"{self.dataset}: pass data_root= (the folder holding the videos)")
-        return self.data_root / relative
-
 
 # Per data set: file names in the ViFi-CLIP layout. "b2n" is the folder under base2novel_splits/.
 _VIFI = {

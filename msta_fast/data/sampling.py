@@ -76,21 +76,19 @@ class TrainSampler(Sampler):
     """Shuffled, rank-sharded, resumable training order. Yields ``(dataset index, item seed)`` pairs.
 
     Every epoch is a permutation drawn from ``(seed, epoch)``; it is padded by wrapping around so that every rank
-    gets ``ceil(N / world_size)`` items (as ``DistributedSampler``), or cut when ``drop_last``. The item seed makes
+    gets ``ceil(N / world_size)`` items (as ``DistributedSampler``). The item seed makes
     frame choice and augmentation depend only on (seed, epoch, index), not on the worker.
 
     Resume: ``state_dict(consumed)`` records the epoch and how many items this rank's loop has consumed;
     ``load_state_dict`` makes the next iteration start right after them.
     """
 
-    def __init__(self, num_items: int, *, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 shuffle: bool = True, drop_last: bool = False):
+    def __init__(self, num_items: int, *, seed: int = 0, rank: int = 0, world_size: int = 1):
         if num_items < 1:
             raise ValueError("TrainSampler needs at least one item")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} out of range for world_size {world_size}")
         self.num_items, self.seed, self.rank, self.world_size = num_items, seed, rank, world_size
-        self.shuffle, self.drop_last = shuffle, drop_last
         self.epoch = 0
         self._start = 0  # items of this epoch already consumed before a resume
         self._yielded = 0
@@ -101,8 +99,6 @@ class TrainSampler(Sampler):
         self.epoch = epoch
 
     def _per_rank(self) -> int:
-        if self.drop_last:
-            return self.num_items // self.world_size
         return math.ceil(self.num_items / self.world_size)
 
     def __len__(self) -> int:
@@ -110,11 +106,8 @@ class TrainSampler(Sampler):
 
     def epoch_order(self) -> list[int]:
         """This rank's dataset indices for the current epoch (all of them, resume ignored)."""
-        if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-            order = torch.randperm(self.num_items, generator=g).tolist()
-        else:
-            order = list(range(self.num_items))
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(self.num_items, generator=g).tolist()
         total = self._per_rank() * self.world_size
         order = (order * math.ceil(total / self.num_items))[:total]
         return order[self.rank::self.world_size]
@@ -167,10 +160,6 @@ class EvalSampler(Sampler):
         begin = self.rank * self.per_rank
         for position in range(begin, begin + self.per_rank):
             yield min(position, self.num_items - 1)
-
-    def num_real(self) -> int:
-        """Items of this rank that are not padding."""
-        return max(0, min(self.per_rank, self.num_items - self.rank * self.per_rank))
 
 
 def drop_padding(gathered: torch.Tensor, num_items: int) -> torch.Tensor:

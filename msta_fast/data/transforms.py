@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms.v2 import functional as TF
 
-from msta_fast.models.constants import IMAGENET_MEAN, IMAGENET_STD
+from msta_fast.constants import IMAGENET_MEAN, IMAGENET_STD
 
 SCALES = (1.0, 0.875, 0.75, 0.66)
 JITTER = {"brightness": 0.4, "contrast": 0.4, "saturation": 0.2, "hue": 0.1}

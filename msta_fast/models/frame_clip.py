@@ -11,8 +11,8 @@ import torch
 from open_clip.model import CLIPTextCfg, CLIPVisionCfg
 from torch import nn
 
+from msta_fast.constants import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD
 from msta_fast.models.checkpoint import CheckpointMismatchError, check_keys, read_state_dict
-from msta_fast.models.constants import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD
 from msta_fast.models.tokenizer import tokenize
 
 

@@ -1,26 +1,13 @@
-"""Data loaders for the recipes: the DALI loader on GPUs when it is installed, decord (or PyAV) workers
-otherwise; both shard across ranks, evaluate every (video, view) exactly once and resume mid-epoch."""
+"""The recipes' loaders: ``msta_fast.data.build_loader`` with the options of the run's config (``data.loader``:
+DALI on GPUs when it is installed, decord or PyAV workers otherwise)."""
 
 from __future__ import annotations
 
-import importlib.util
-import logging
-
 import torch
 
-from msta_fast.data import DaliVideoLoader, EvalSampler, EvalSet, TrainSampler, VideoDataset, VideoLoader
+from msta_fast.data import EvalSet, VideoLoader, build_loader
 from msta_fast.data.lists import Sample
 from msta_fast.training.distributed import DistInfo
-
-log = logging.getLogger(__name__)
-
-
-def use_dali(cfg: dict, info: DistInfo) -> bool:
-    choice = cfg["data"]["loader"]
-    available = info.device.type == "cuda" and importlib.util.find_spec("nvidia.dali") is not None
-    if choice == "dali" and not available:
-        raise RuntimeError("data.loader=dali needs a CUDA device and nvidia-dali (pip install msta-fast[dali])")
-    return choice == "dali" or (choice == "auto" and available)
 
 
 def subsample(samples: list[Sample], limit: int) -> list[Sample]:
@@ -31,37 +18,30 @@ def subsample(samples: list[Sample], limit: int) -> list[Sample]:
     return [samples[int(i * step)] for i in range(limit)]
 
 
-def train_loader(samples: list[Sample], data_root, cfg: dict, info: DistInfo, *, seed: int, batch_size: int):
+def _common(cfg: dict, info: DistInfo) -> dict:
+    """The loader options shared by training and evaluation."""
+    d = cfg["data"]
+    if d["loader"] == "dali" and info.device.type != "cuda":
+        raise RuntimeError("data.loader=dali needs a CUDA device and nvidia-dali (pip install msta-fast[dali])")
+    return dict(num_frames=cfg["model"]["num_frames"], size=cfg["model"]["image_size"], strict=d["strict"],
+                loader=d["loader"], backend=d["backend"], device=info.device, num_workers=d["num_workers"],
+                rank=info.rank, world_size=info.world_size)
+
+
+def train_loader(samples: list[Sample], data_root, cfg: dict, info: DistInfo, *, seed: int,
+                 batch_size: int) -> VideoLoader:
     """Shuffled, augmented (unless ``data.augment`` is off), rank-sharded loader; ``loader.sampler`` resumes."""
-    m, d = cfg["model"], cfg["data"]
-    samples = subsample(samples, cfg["debug"]["max_videos"])
-    if use_dali(cfg, info):
-        return DaliVideoLoader(samples, data_root, batch_size=batch_size, num_frames=m["num_frames"],
-                               size=m["image_size"], train=True, seed=seed, rank=info.rank,
-                               world_size=info.world_size, device="cuda", strict=d["strict"], augment=d["augment"],
-                               flip_prob=d["flip_prob"])
-    dataset = VideoDataset(samples, data_root, num_frames=m["num_frames"], size=m["image_size"], train=True,
-                           backend=d["backend"], strict=d["strict"], seed=seed, augment=d["augment"],
-                           flip_prob=d["flip_prob"])
-    sampler = TrainSampler(len(dataset), seed=seed, rank=info.rank, world_size=info.world_size)
-    return VideoLoader(dataset, sampler, batch_size=batch_size, num_workers=d["num_workers"],
-                       pin_memory=info.device.type == "cuda")
+    d = cfg["data"]
+    return build_loader(subsample(samples, cfg["debug"]["max_videos"]), data_root, train=True, batch_size=batch_size,
+                        seed=seed, augment=d["augment"], flip_prob=d["flip_prob"], **_common(cfg, info))
 
 
-def eval_loader(evalset: EvalSet, data_root, cfg: dict, info: DistInfo):
+def eval_loader(evalset: EvalSet, data_root, cfg: dict, info: DistInfo) -> VideoLoader:
     """Multi-view loader (``eval.num_clips`` x ``eval.num_crops``, 0 = the protocol's views)."""
-    m, d, e = cfg["model"], cfg["data"], cfg["eval"]
-    clips, crops = e["num_clips"] or evalset.num_clips, e["num_crops"] or evalset.num_crops
-    samples = subsample(evalset.samples, cfg["debug"]["max_videos"])
-    if use_dali(cfg, info):
-        return DaliVideoLoader(samples, data_root, batch_size=e["batch_size"], num_frames=m["num_frames"],
-                               size=m["image_size"], train=False, num_clips=clips, num_crops=crops,
-                               rank=info.rank, world_size=info.world_size, device="cuda", strict=d["strict"])
-    dataset = VideoDataset(samples, data_root, num_frames=m["num_frames"], size=m["image_size"], train=False,
-                           num_clips=clips, num_crops=crops, backend=d["backend"], strict=d["strict"])
-    sampler = EvalSampler(len(dataset), rank=info.rank, world_size=info.world_size)
-    return VideoLoader(dataset, sampler, batch_size=e["batch_size"], num_workers=d["num_workers"],
-                       pin_memory=info.device.type == "cuda")
+    e = cfg["eval"]
+    return build_loader(subsample(evalset.samples, cfg["debug"]["max_videos"]), data_root, train=False,
+                        batch_size=e["batch_size"], num_clips=e["num_clips"] or evalset.num_clips,
+                        num_crops=e["num_crops"] or evalset.num_crops, **_common(cfg, info))
 
 
 def iterate_keeping_rng(loader):

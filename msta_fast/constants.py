@@ -1,5 +1,6 @@
-"""Input normalisation of ViCLIP: ImageNet statistics on 0..1 pixels (not CLIP's)."""
+"""Pixel statistics of the models' inputs, shared by the data pipeline and the models (0..1 pixels)."""
 
+# ViCLIP's input normalisation: ImageNet statistics (not CLIP's).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # What open_clip's OpenAI CLIP weights expect, for the frame-wise CLIP baseline.
