@@ -103,7 +103,7 @@ def test_corrupt_video_does_not_stop_a_run(train, cache, tmp_path):
     checkpoint = next((cache / "pretrained").rglob("viclip.pth"))
     out = tmp_path / "run"
     with pytest.warns(UserWarning, match="unreadable"):
-        results = train(["--setting", "b2n", *tiny_args(cache, out), "--data-root", str(copy),
+        results = train(["--setting", "b2n", "--dataset", "synthetic", *tiny_args(cache, out), "--data-root", str(copy),
                          "--checkpoint", str(checkpoint)])
     done = json.loads((out / "msta" / "seed1" / "done.json").read_text())
     assert done["evals"]["base"]["replaced"] == 1 and done["evals"]["novel"]["replaced"] == 0
