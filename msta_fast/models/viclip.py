@@ -109,7 +109,7 @@ class VisionTransformer3D(nn.Module):
         else:
             raise ValueError(
                 f"the model has a temporal embedding for {temporal.shape[1]} frames but got {T}; "
-                f"load the checkpoint with num_frames={T} to interpolate it"
+                f"load the checkpoint with num_frames={T} to resize it"
             )
         return torch.cat([cls_tokens, patches.reshape(B, gh * gw * T, D)], dim=1)
 
