@@ -200,3 +200,21 @@ def test_tensors_viclip_does_not_have_are_refused_then_dropped_on_request(tmp_pa
         msta_fast.load_viclip(path, ignore_keys=["text_encoder.typo"])
     with pytest.raises(msta_fast.CheckpointMismatchError, match="missing keys: vision_encoder.proj"):
         msta_fast.load_viclip(path, ignore_keys=[*patterns, "vision_encoder.proj"])
+
+
+def test_a_model_msta_fast_saved_reloads_with_its_heads(tmp_path):
+    """The head count is not in the shapes: a checkpoint msta_fast writes carries it, and load_viclip builds those
+    heads without overrides (an explicit override still wins)."""
+    import dataclasses
+
+    model = msta_fast.build_viclip("viclip-tiny", vision_heads=4, text_heads=2).eval()
+    bare, described = tmp_path / "bare.pth", tmp_path / "described.pth"
+    torch.save({"model": model.state_dict()}, bare)
+    torch.save({"model": model.state_dict(), "architecture": dataclasses.asdict(model.config)}, described)
+    assert msta_fast.load_viclip(bare).config.vision_heads == 1  # width / 64: a different model
+    loaded = msta_fast.load_viclip(described).eval()
+    assert (loaded.config.vision_heads, loaded.config.text_heads) == (4, 2)
+    x = torch.randn(1, 8, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.encode_video(x), model.encode_video(x))
+    assert msta_fast.load_viclip(described, vision_heads=2).config.vision_heads == 2

@@ -94,7 +94,14 @@ class AmbiguousCheckpointWarning(UserWarning):
 
 
 def read_state_dict(path: str | Path, trust_pickle: bool = False) -> dict[str, torch.Tensor]:
-    """Flat state dict from any accepted checkpoint format.
+    """Flat state dict from any accepted checkpoint format (see :func:`read_checkpoint`)."""
+    return read_checkpoint(path, trust_pickle)[0]
+
+
+def read_checkpoint(path: str | Path, trust_pickle: bool = False) -> tuple[dict[str, torch.Tensor], dict | None]:
+    """(flat state dict, saved architecture or None) from any accepted checkpoint format. The architecture is the
+    ``"architecture"`` entry (ViCLIPConfig fields) that msta_fast writes beside the weights of the models it
+    trains, so that what the shapes cannot tell (head counts) comes back.
 
     ``.pth`` files load with ``weights_only=True``. ``trust_pickle=True`` unpickles everything (it runs
     whatever code the file names: only for a file you trust), for the checkpoints written by InternVideo's
@@ -105,7 +112,8 @@ def read_state_dict(path: str | Path, trust_pickle: bool = False) -> dict[str, t
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     obj = _read_safetensors(path) if path.suffix == ".safetensors" else _read_pickled(path, trust_pickle)
-    return strip_prefixes(_unwrap(obj, path))
+    architecture = obj.get("architecture") if isinstance(obj, dict) else None
+    return strip_prefixes(_unwrap(obj, path)), architecture if isinstance(architecture, dict) else None
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -371,6 +379,10 @@ def _unexpected_note(model: ViCLIP, sd: dict[str, torch.Tensor]) -> list[str]:
     ]
 
 
+# What a checkpoint's "architecture" entry settles (the rest is read off the shapes, or chosen by the caller).
+SAVED_ARCHITECTURE = ("vision_heads", "text_heads", "vision_layers", "text_layers")
+
+
 def load_viclip(
     path: str | Path,
     dtype: torch.dtype = torch.float32,
@@ -399,7 +411,11 @@ def load_viclip(
         that no preset has (otherwise ``AmbiguousCheckpointWarning``).
     """
     source = str(path)
-    sd = drop_keys(read_state_dict(path, trust_pickle=trust_pickle), ignore_keys, source)
+    sd, architecture = read_checkpoint(path, trust_pickle=trust_pickle)
+    sd = drop_keys(sd, ignore_keys, source)
+    for key in SAVED_ARCHITECTURE:  # a model msta_fast trained says what its shapes cannot
+        if architecture and key in architecture:
+            overrides.setdefault(key, architecture[key])
     cfg = infer_config(sd, source, **overrides)
     sd["vision_encoder.temporal_positional_embedding"] = resize_temporal_embedding(
         sd["vision_encoder.temporal_positional_embedding"], cfg.num_frames, temporal_resize

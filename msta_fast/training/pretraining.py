@@ -83,9 +83,10 @@ def pretrain_contrastive(data_root: str | os.PathLike, out_path: str | os.PathLi
                          lr: float = 2e-3, batch_size: int = 32, warmup_epochs: float = 1.0,
                          weight_decay: float = 0.05, seed: int = 0, backend: str = "decord",
                          device: str | torch.device = "cpu", progress: bool = True, log=None) -> Path:
-    """Pre-train a ViCLIP from scratch on ``<data_root>/captions.json`` and save ``{"model": state_dict, "config":
-    the architecture}`` to ``out_path`` (loadable with ``msta_fast.load_viclip``, which reads the head counts the
-    shapes cannot tell off ``config``). ``log(step, loss=, temp=, lr=)`` gets the curve. Returns ``out_path``."""
+    """Pre-train a ViCLIP from scratch on ``<data_root>/captions.json`` and save ``{"model": state_dict,
+    "architecture": its ViCLIPConfig fields}`` to ``out_path``: ``msta_fast.load_viclip`` reads the head counts,
+    which the shapes cannot tell, off ``architecture``. ``log(step, loss=, temp=, lr=)`` gets the curve. Returns
+    ``out_path``."""
     torch.manual_seed(seed)
     np.random.seed(seed)
     data_root, out_path = Path(data_root), Path(out_path)
@@ -131,6 +132,6 @@ def pretrain_contrastive(data_root: str | os.PathLike, out_path: str | os.PathLi
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_suffix(".tmp")
     torch.save({"model": {k: v.detach().cpu() for k, v in net.state_dict().items()},
-                "config": dataclasses.asdict(net.config)}, tmp)
+                "architecture": dataclasses.asdict(net.config)}, tmp)
     os.replace(tmp, out_path)
     return out_path
