@@ -118,11 +118,9 @@ class ChatClient:
         else:
             raise EndpointError(self._scrub(f"{self.url}: more than {MAX_REDIRECTS} redirects"))
         if reply.status in _RETRY_STATUS or 500 <= reply.status < 600:
-            raise _Transient(f"HTTP {reply.status} {self._excerpt(reply.reason)}: {self._excerpt(reply.body)}",
-                             _retry_after(reply.headers))
+            raise _Transient(self._status_text(reply), _retry_after(reply.headers))
         if not 200 <= reply.status < 300:
-            raise EndpointError(self._scrub(f"{url} refused the request: HTTP {reply.status} "
-                                            f"{self._excerpt(reply.reason)}: {self._excerpt(reply.body)}"))
+            raise EndpointError(self._scrub(f"{url} refused the request: {self._status_text(reply)}"))
         try:
             content = json.loads(reply.body.decode("utf-8"))["choices"][0]["message"]["content"]
         except (ValueError, KeyError, IndexError, TypeError) as e:
@@ -182,6 +180,11 @@ class ChatClient:
                 f"{url} answered {reply.status}, a redirect to {target} that would turn the POST into a GET; "
                 f"not followed. Pass that address as the URL."))
         return target
+
+    def _status_text(self, reply: _Reply) -> str:
+        """``HTTP 429 Too Many Requests: <the start of the body>``, parts the server left empty left out."""
+        reason, body = self._excerpt(reply.reason), self._excerpt(reply.body)
+        return f"HTTP {reply.status}" + (f" {reason}" if reason else "") + (f": {body}" if body else "")
 
     def _scrub(self, text: str) -> str:
         """``text`` without the API key (as sent, JSON-escaped or percent-encoded)."""
