@@ -4,11 +4,9 @@ endpoint (a tiny loopback server here) with retries, validation and a cache, and
 import json
 import logging
 import re
-import threading
-import time
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
+from chat_endpoint import FakeEndpoint
 from conftest import shared_dir
 
 from msta_fast.data.descriptions import DescriptionFileError, load_descriptions, main, parse_answer
@@ -67,59 +65,6 @@ def test_parse_answer():
         parse_answer("Only one.", 2)
 
 
-class FakeEndpoint:
-    """An OpenAI-compatible /v1/chat/completions on 127.0.0.1 that fails first, then answers. It serves at most
-    ``max_requests`` requests or ``lifetime`` seconds, then stops by itself."""
-
-    def __init__(self, script, max_requests=50, lifetime=60.0):
-        self.script, self.requests, self.auth = list(script), [], []
-        endpoint = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                endpoint.requests.append((self.path, body))
-                endpoint.auth.append(self.headers.get("Authorization"))
-                action = endpoint.script.pop(0) if endpoint.script else "ok"
-                if isinstance(action, int):
-                    self.send_response(action)
-                    self.end_headers()
-                    return
-                prompt = body["messages"][-1]["content"]
-                n = int(re.search(r"give me (\d+)", prompt)[1])
-                name = re.search(r"action (.*)\.$", prompt)[1]
-                lines = ["1. Just one line."] if action == "short" else [
-                    f"{i + 1}. Sentence {i + 1} about {name}." for i in range(n)]
-                answer = {"choices": [{"message": {"role": "assistant", "content": "\n".join(lines)}}]}
-                data = json.dumps(answer).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.server = HTTPServer(("127.0.0.1", 0), Handler)
-        self.server.timeout = 0.2
-        self.url = f"http://127.0.0.1:{self.server.server_port}/v1"
-        deadline = time.monotonic() + lifetime
-        self.stopped = threading.Event()
-
-        def serve():
-            while not self.stopped.is_set() and len(self.requests) < max_requests and time.monotonic() < deadline:
-                self.server.handle_request()
-            self.server.server_close()
-
-        self.thread = threading.Thread(target=serve, daemon=True)
-        self.thread.start()
-
-    def stop(self):
-        self.stopped.set()
-        self.thread.join(timeout=5)
-
-
 @pytest.fixture()
 def labels(tmp_path):
     path = tmp_path / "labels.csv"
@@ -140,7 +85,7 @@ def test_generator_retries_validates_caches_and_hides_the_key(tmp_path, labels, 
         d = load_descriptions(out, num_classes=3)
         assert d[1] == ["Sentence 1 about juggling, balls.", "Sentence 2 about juggling, balls."]
         assert len(server.requests) == 5  # 500, malformed, then one per class
-        path, body = server.requests[-1]
+        _, path, body = server.requests[-1]
         assert path == "/v1/chat/completions" and body["model"] == "tiny-llm"
         assert body["messages"][-1]["content"] == (
             "Please give me 2 sentences describing the visual appearance of the action archery.")
@@ -149,7 +94,7 @@ def test_generator_retries_validates_caches_and_hides_the_key(tmp_path, labels, 
         assert len(server.requests) == 5
         main(["--labels", str(labels), "--kind", "temporal", "--n", "2", "--out", str(tmp_path / "t.json"),
               "--url", server.url, "--model", "tiny-llm", "--backoff", "0.01"])
-        assert "temporally decoupled steps of the action riding a bike" in server.requests[5][1]["messages"][-1][
+        assert "temporally decoupled steps of the action riding a bike" in server.requests[5][2]["messages"][-1][
             "content"]
     finally:
         server.stop()
@@ -173,3 +118,19 @@ def test_generator_gives_up_on_refusal_and_falls_back_to_templates(tmp_path, lab
     main(["--labels", str(labels), "--kind", "temporal", "--n", "3", "--out", str(tmp_path / "t.json")])
     d = load_descriptions(tmp_path / "t.json", num_classes=3)
     assert all(len(s) == 3 for s in d.values()) and "archery" in d[2][0]
+
+
+def test_cli_errors_are_one_line_naming_the_file(tmp_path, labels, capfd):
+    out = tmp_path / "d.json"
+    (tmp_path / "d.json.cache.json").write_text('{"half": [')  # e.g. written by an older version and cut off
+    with FakeEndpoint([]) as server:
+        with pytest.raises(SystemExit, match=r"d\.json\.cache\.json: the answer cache is not valid JSON"):
+            main(["--labels", str(labels), "--kind", "spatial", "--out", str(out), "--url", server.url,
+                  "--model", "m"])
+        assert server.requests == []  # nothing asked, nothing overwritten
+    assert (tmp_path / "d.json.cache.json").read_text() == '{"half": ['
+    bad = tmp_path / "bad.csv"
+    bad.write_text("id,name\n0,archery\n1,Archery\n")
+    with pytest.raises(SystemExit, match=r"bad\.csv:3: duplicate class name 'Archery': line 2"):
+        main(["--labels", str(bad), "--kind", "spatial", "--out", str(out)])
+    assert "Traceback" not in capfd.readouterr().err

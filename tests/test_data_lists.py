@@ -55,27 +55,73 @@ def test_shipped_copy_is_unchanged():
                 assert shipped.is_file() and filecmp.cmp(path, shipped, shallow=False), shipped
 
 
-def test_separators_crlf_and_round_trip(tmp_path):
+def test_separators_quotes_crlf_and_round_trip(tmp_path):
     path = tmp_path / "list.txt"
-    path.write_bytes(b"a/b c.mp4 3\r\nx.avi,0\r\n\r\n  y.webm   12  \n")
-    assert read_list(path) == [("a/b c.mp4", 3), ("x.avi", 0), ("y.webm", 12)]
-    write_list(tmp_path / "out.txt", [("v 1.mp4", 2), ("w.mp4", 0)])
-    assert read_list(tmp_path / "out.txt") == [("v 1.mp4", 2), ("w.mp4", 0)]
+    path.write_bytes(b'"a/b c.mp4" 3\r\nx.avi,0\r\n\r\n  y.webm   12  \n"q ""x"", 1.mp4" , 4\nz.mp4\t5\n')
+    assert read_list(path) == [("a/b c.mp4", 3), ("x.avi", 0), ("y.webm", 12), ('q "x", 1.mp4', 4), ("z.mp4", 5)]
+    samples = [("v 1.mp4", 2), ("w.mp4", 0), ('c,"d".mp4', 1), ("#hmdb[1]&.avi", 7)]
+    write_list(tmp_path / "out.txt", samples)
+    assert (tmp_path / "out.txt").read_text().splitlines()[:2] == ['"v 1.mp4" 2', "w.mp4 0"]
+    assert read_list(tmp_path / "out.txt") == samples
+    with pytest.raises(ValueError, match="line break"):
+        write_list(tmp_path / "out.txt", [("a\nb.mp4", 0)])
     write_labels(tmp_path / "labels.csv", ["a, b", "c"])
     assert read_labels(tmp_path / "labels.csv") == ["a, b", "c"]
 
 
-@pytest.mark.parametrize("content, line", [
-    ("a.mp4 1\nb.mp4\n", 2),
-    ("a.mp4 1\nb.mp4 x\n", 2),
-    ("a.mp4 1\n\nb.mp4 -1\n", 3),
-    ("a.mp4 1;2\n", 1),
+@pytest.mark.parametrize("content, line, message", [
+    ("a.mp4 1\nb.mp4\n", 2, "two fields"),
+    ("a.mp4 1\nb.mp4 x\n", 2, "'x' is not an integer"),
+    ("a.mp4 1\n\nb.mp4 -1\n", 3, "negative label -1"),
+    ("a.mp4 1;2\n", 1, "not an integer"),
+    ("a.mp4 1\nb.mp4 3 5\n", 2, "two fields"),  # an extra field, not the path 'b.mp4 3'
+    ("a b.mp4 3\n", 1, "quote a path"),  # spaces in a path need quotes
+    ("a,b.mp4 3\n", 1, "quote a path"),
+    ("a.mp4,1,2\n", 1, "two fields"),
+    ('"a.mp4 1\n', 1, "two fields"),  # unterminated quote
+    ('a"b.mp4 1\n', 1, "two fields"),
+    ('"a.mp4" "1"\n', 1, "not an integer"),
 ])
-def test_malformed_list_names_file_and_line(tmp_path, content, line):
+def test_malformed_list_names_file_and_line(tmp_path, content, line, message):
     path = tmp_path / "bad.txt"
     path.write_text(content)
-    with pytest.raises(ProtocolFileError, match=rf"bad\.txt:{line}:"):
+    with pytest.raises(ProtocolFileError, match=rf"bad\.txt:{line}: .*{message}"):
         read_list(path)
+
+
+def test_label_out_of_range_names_file_line_and_class_count(tmp_path):
+    path = tmp_path / "list.txt"
+    path.write_text("a.mp4 0\nb.mp4 2\n\nc.mp4 3\n")
+    assert read_list(path, num_classes=4) == [("a.mp4", 0), ("b.mp4", 2), ("c.mp4", 3)]
+    with pytest.raises(ProtocolFileError, match=r"list\.txt:4: label 3 is out of range: the classifier has 3 classes"):
+        read_list(path, num_classes=3)
+    with pytest.raises(ProtocolFileError, match=r"list\.txt:2: label 2 .*labels\.csv lists 2 classes \(ids 0\.\.1\)"):
+        read_list(path, num_classes=2, labels_file="labels.csv")
+
+
+@pytest.mark.parametrize("reader, name, good, bad_line, line", [
+    (read_list, "list.txt", b"a.mp4 0\n", b"caf\xe9.mp4 1\n", 2),
+    (read_labels, "labels.csv", b"id,name\n0,a\n", b"1,caf\xe9\n", 3),
+])
+def test_non_utf8_names_file_line_and_offset(tmp_path, reader, name, good, bad_line, line):
+    path = tmp_path / name
+    path.write_bytes(b"\xef\xbb\xbf" + good + bad_line)  # Latin-1 e-acute after a UTF-8 byte-order mark
+    offset, column = 3 + len(good) + bad_line.index(b"\xe9"), bad_line.index(b"\xe9") + 1
+    with pytest.raises(ProtocolFileError,
+                       match=rf"{name}:{line}: not UTF-8 text \(byte 0xe9 at byte offset {offset} of the file, "
+                             rf"column {column} of the line\)"):
+        reader(path)
+    path.write_bytes(b"\xef\xbb\xbf" + good)  # a byte-order mark alone is fine
+    assert reader(path)
+
+
+def test_duplicate_class_names_name_both_lines(tmp_path):
+    path = tmp_path / "labels.csv"
+    path.write_text('id,name\n0,archery\n1,"juggling, balls"\n\n2,"Juggling,  Balls"\n')
+    with pytest.raises(ProtocolFileError,
+                       match=r"labels\.csv:5: duplicate class name 'Juggling,  Balls': line 3 already names "
+                             r"'juggling, balls'"):
+        read_labels(path)
 
 
 @pytest.mark.parametrize("content, line", [

@@ -5,7 +5,7 @@ from collections import Counter
 import pytest
 
 from msta_fast.data import get_protocol
-from msta_fast.data.lists import write_list
+from msta_fast.data.lists import ProtocolFileError, write_list
 from msta_fast.data.synthetic import generate
 
 BASE_NOVEL = {"k400": (200, 200), "hmdb": (26, 25), "ucf": (51, 50), "ssv2": (87, 87)}
@@ -64,9 +64,21 @@ def test_k400_lists_from_the_user(tmp_path):
     assert p.train == [("train/a.mp4", 0), ("train/b.mp4", 399)]
     assert len(p.classes) == 400 and p.evals["val"].num_clips == 4 and p.evals["val"].num_crops == 3
     assert p.data_root == tmp_path
-    write_list(user / "train.txt", [("train/a.mp4", 400)])
-    with pytest.raises(ValueError, match=r"outside \[0, 400\)"):
+    write_list(user / "train.txt", [("train/a.mp4", 0), ("train/b.mp4", 400)])
+    with pytest.raises(ProtocolFileError, match=r"k400_splits/train\.txt:2: label 400 is out of range: "
+                                                r".*kinetics_400_labels\.csv lists 400 classes"):
         get_protocol("k400", "supervised", data_root=tmp_path)
+    (user / "train.txt").write_text("train/a.mp4 0\ntrain/b c.mp4 1\n")
+    with pytest.raises(ProtocolFileError, match=r"k400_splits/train\.txt:2: .*quote a path"):
+        get_protocol("k400", "supervised", data_root=tmp_path)
+
+
+def test_out_of_range_eval_label_names_the_user_list(tmp_path):
+    user = tmp_path / "lists" / "base2novel_splits" / "hmdb_splits"
+    user.mkdir(parents=True)
+    write_list(user / "novel_val.txt", [("a.avi", 24), ("b.avi", 25)])  # hmdb has 25 novel classes
+    with pytest.raises(ProtocolFileError, match=r"novel_val\.txt:2: label 25 .*hmdb_51_novel_labels\.csv lists 25"):
+        get_protocol("hmdb", "base2novel", seed=1, lists_dir=tmp_path / "lists")
 
 
 def test_bad_arguments():

@@ -7,7 +7,8 @@ K-400 file has one).
 
 ``python -m msta_fast.data.descriptions --labels LABELS.csv --kind spatial|temporal --n 2 --out FILE.json``
 writes such a file by asking an OpenAI-compatible chat endpoint (vLLM, Ollama, ... serve this API locally) the
-paper's prompts, with a cache, retries with backoff and answer validation; with no endpoint it writes plain
+paper's prompts, with answer validation and a cache that lets an interrupted run resume (``chat_client`` does the
+HTTP: retries, one deadline per request, no key sent to another origin); with no endpoint it writes plain
 template sentences instead.
 """
 
@@ -20,15 +21,13 @@ import logging
 import os
 import re
 import sys
-import time
-import urllib.error
-import urllib.request
 from collections import Counter
 from pathlib import Path
 
 from tqdm import tqdm
 
-from .lists import read_labels
+from .chat_client import ChatClient, EndpointError
+from .lists import ProtocolFileError, read_labels
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +104,18 @@ def load_descriptions(path: str | os.PathLike, num_classes: int | None = None) -
 def save_descriptions(path: str | os.PathLike, descriptions: dict[int, list[str]]) -> None:
     """Write ``{class index: [sentences]}`` in the authors' format."""
     data = {str(i): list(descriptions[i]) for i in sorted(descriptions)}
-    Path(path).write_text(json.dumps(data, indent=4, ensure_ascii=False) + "\n", encoding="utf-8")
+    _write_atomically(Path(path), json.dumps(data, indent=4, ensure_ascii=False) + "\n")
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` in one step, so that an interrupted write leaves the old file, not half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        partial.write_text(text, encoding="utf-8")
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def template_descriptions(class_name: str, kind: str, n: int) -> list[str]:
@@ -129,53 +139,10 @@ def parse_answer(content: str, n: int) -> list[str]:
     return sentences
 
 
-class ChatClient:
-    """Minimal client of an OpenAI-compatible ``/chat/completions`` endpoint, with retries and backoff.
-
-    The API key goes into the ``Authorization`` header only; it is never logged nor put in an error message.
-    """
-
-    def __init__(self, url: str, model: str, api_key: str | None = None, *, retries: int = 4,
-                 backoff: float = 1.0, timeout: float = 60.0, temperature: float = 0.7):
-        self.url = url.rstrip("/")
-        if not self.url.endswith("/chat/completions"):
-            self.url += "/chat/completions"
-        self.model, self._api_key = model, api_key
-        self.retries, self.backoff, self.timeout, self.temperature = retries, backoff, timeout, temperature
-
-    def __repr__(self) -> str:
-        return f"ChatClient(url={self.url!r}, model={self.model!r})"
-
-    def _post(self, messages: list[dict]) -> str:
-        body = json.dumps({"model": self.model, "messages": messages, "temperature": self.temperature}).encode()
-        headers = {"Content-Type": "application/json"}
-        if self._api_key:
-            headers["Authorization"] = f"Bearer {self._api_key}"
-        request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
-        with urllib.request.urlopen(request, timeout=self.timeout) as response:
-            answer = json.loads(response.read().decode("utf-8"))
-        return answer["choices"][0]["message"]["content"]
-
-    def ask(self, prompt: str, n: int) -> list[str]:
-        """Ask ``prompt``; retry (with exponential backoff) on network errors, HTTP 429/5xx and malformed
-        answers. Returns ``n`` validated sentences."""
-        messages = [{"role": "system", "content": SYSTEM_PROMPT.format(n=n)}, {"role": "user", "content": prompt}]
-        last_error = ""
-        for attempt in range(self.retries + 1):
-            if attempt:
-                time.sleep(self.backoff * 2 ** (attempt - 1))
-            try:
-                return parse_answer(self._post(messages), n)
-            except urllib.error.HTTPError as e:
-                last_error = f"HTTP {e.code} {e.reason}"
-                if e.code not in (408, 429) and e.code < 500:
-                    raise RuntimeError(f"{self.url} refused the request: {last_error}") from None
-            except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
-                last_error = f"connection failed: {getattr(e, 'reason', e)}"
-            except (ValueError, KeyError, IndexError, TypeError) as e:
-                last_error = f"malformed answer: {e}"
-            log.warning("%s attempt %d/%d failed: %s", self.url, attempt + 1, self.retries + 1, last_error)
-        raise RuntimeError(f"{self.url}: no valid answer after {self.retries + 1} attempts ({last_error})")
+def ask_descriptions(client: ChatClient, prompt: str, n: int) -> list[str]:
+    """``n`` validated sentences answering ``prompt``; a malformed answer is asked again (``ChatClient.chat``)."""
+    messages = [{"role": "system", "content": SYSTEM_PROMPT.format(n=n)}, {"role": "user", "content": prompt}]
+    return client.chat(messages, lambda content: parse_answer(content, n))
 
 
 def generate_descriptions(class_names: list[str], kind: str, n: int, client: ChatClient | None = None,
@@ -185,10 +152,8 @@ def generate_descriptions(class_names: list[str], kind: str, n: int, client: Cha
     client, from templates."""
     if kind not in PROMPTS:
         raise ValueError(f"kind must be one of {list(PROMPTS)}, got {kind!r}")
-    cache: dict[str, list[str]] = {}
     cache_file = Path(cache_path) if cache_path else None
-    if cache_file is not None and cache_file.is_file():
-        cache = json.loads(cache_file.read_text(encoding="utf-8"))
+    cache = _read_cache(cache_file) if cache_file is not None else {}
     result = {}
     for index, name in enumerate(tqdm(class_names, desc=f"{kind} descriptions", disable=not progress)):
         if client is None:
@@ -197,12 +162,27 @@ def generate_descriptions(class_names: list[str], kind: str, n: int, client: Cha
         prompt = PROMPTS[kind].format(n=n, c=name)
         key = hashlib.sha256(f"{client.url}\n{client.model}\n{prompt}".encode()).hexdigest()
         if key not in cache:
-            cache[key] = client.ask(prompt, n)
+            try:
+                cache[key] = ask_descriptions(client, prompt, n)
+            except EndpointError as e:
+                raise EndpointError(f"class {index} ({name!r}): {e}") from None
             if cache_file is not None:  # saved after every answer, so an interrupted run resumes
-                cache_file.parent.mkdir(parents=True, exist_ok=True)
-                cache_file.write_text(json.dumps(cache, indent=1), encoding="utf-8")
+                _write_atomically(cache_file, json.dumps(cache, indent=1))
         result[index] = cache[key]
     return result
+
+
+def _read_cache(path: Path) -> dict[str, list[str]]:
+    if not path.is_file():
+        return {}
+    try:
+        cache = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DescriptionFileError(
+            f"{path}: the answer cache is not valid JSON ({e}); move it away to start over") from None
+    if not isinstance(cache, dict):
+        raise DescriptionFileError(f"{path}: the answer cache is not a JSON object; move it away to start over")
+    return cache
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -224,19 +204,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cache", default=None, help="answer cache (default: <out>.cache.json)")
     parser.add_argument("--retries", type=int, default=4)
     parser.add_argument("--backoff", type=float, default=1.0, help="first retry delay in seconds (doubles)")
-    parser.add_argument("--timeout", type=float, default=60.0)
+    parser.add_argument("--timeout", type=float, default=60.0,
+                        help="seconds for one whole request: connect, send and the complete answer")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     if args.n < 1:
         parser.error("--n must be >= 1")
-    names = read_labels(args.labels)
+    try:
+        names = read_labels(args.labels)
+    except (OSError, ProtocolFileError) as e:
+        sys.exit(f"error: {e}")
     client = None
     if args.url:
         if not args.model:
             parser.error("--model (or MSTA_FAST_LLM_MODEL) is required with --url")
         api_key = args.api_key or os.environ.get(args.api_key_env)
-        client = ChatClient(args.url, args.model, api_key, retries=args.retries, backoff=args.backoff,
-                            timeout=args.timeout)
+        try:
+            client = ChatClient(args.url, args.model, api_key, retries=args.retries, backoff=args.backoff,
+                                timeout=args.timeout)
+        except ValueError as e:
+            parser.error(str(e))
         log.info("asking %s (model %s) for %d %s descriptions of %d classes", client.url, client.model, args.n,
                  args.kind, len(names))
     else:
@@ -244,7 +231,7 @@ def main(argv: list[str] | None = None) -> None:
     cache = args.cache or f"{args.out}.cache.json"
     try:
         descriptions = generate_descriptions(names, args.kind, args.n, client, cache_path=cache if client else None)
-    except RuntimeError as e:
+    except (EndpointError, DescriptionFileError) as e:
         sys.exit(f"error: {e}")
     save_descriptions(args.out, descriptions)
     load_descriptions(args.out, num_classes=len(names))  # the file we wrote must read back

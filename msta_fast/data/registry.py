@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from .lists import Sample, check_labels, read_labels, read_list
+from .lists import Sample, read_labels, read_list
 
 FEW_SHOTS = (2, 4, 8, 16)
 SEEDS = (1, 2, 3)
@@ -117,65 +117,72 @@ def get_protocol(
         spec, list_root = _VIFI[dataset], vifi_root()
         user_root = Path(lists_dir) if lists_dir is not None else (root / "datasets_splits" if root else None)
     finder = _Finder(list_root, user_root, dataset)
-    labels = list_root / "labels"
 
     if setting == "base2novel":
         if "b2n" not in spec:
             raise KeyError(f"{dataset} has no base-to-novel protocol")
         seed = _check_choice("seed", seed, SEEDS)
         folder = f"base2novel_splits/{spec['b2n']}"
-        base, novel = read_labels(labels / spec["base"]), read_labels(labels / spec["novel"])
+        base, novel = finder.classes(spec["base"]), finder.classes(spec["novel"])
         train_file = f"{folder}/base_train.txt" if shots == "all" else f"{folder}/fs_base_s{seed}_train.txt"
         if shots not in (None, 16, "all"):
             raise ValueError(f"base-to-novel trains on 16 shots per base class (or shots='all'), got shots={shots}")
-        evals = {"base": EvalSet(finder.read(f"{folder}/base_val.txt"), base),
-                 "novel": EvalSet(finder.read(f"{folder}/novel_val.txt"), novel)}
-        protocol = Protocol(dataset, setting, root, finder.read(train_file), base, evals)
+        evals = {"base": EvalSet(finder.read(f"{folder}/base_val.txt", spec["base"]), base),
+                 "novel": EvalSet(finder.read(f"{folder}/novel_val.txt", spec["novel"]), novel)}
+        protocol = Protocol(dataset, setting, root, finder.read(train_file, spec["base"]), base, evals)
     elif setting == "fewshot":
         if "few" not in spec:
             raise KeyError(f"{dataset} has no few-shot protocol (hmdb, ucf, ssv2, synthetic have)")
         shots = _check_choice("shots", shots, FEW_SHOTS)
-        classes = read_labels(labels / spec["labels"])
-        evals = {name: EvalSet(finder.read(f"{spec['few']}/{name}.txt"), classes) for name in spec["tests"]}
-        protocol = Protocol(dataset, setting, root, finder.read(f"{spec['few']}/train1_few_shot_{shots}.txt"),
-                            classes, evals)
+        classes = finder.classes(spec["labels"])
+        evals = {name: EvalSet(finder.read(f"{spec['few']}/{name}.txt", spec["labels"]), classes)
+                 for name in spec["tests"]}
+        protocol = Protocol(dataset, setting, root,
+                            finder.read(f"{spec['few']}/train1_few_shot_{shots}.txt", spec["labels"]), classes, evals)
     elif setting == "zeroshot":
         splits = SPLITS if split is None else (_check_choice("split", split, SPLITS),)
         if dataset == "k600":
-            evals = {f"split{n}": EvalSet(finder.read(f"k600_splits/ZS_split{n}_K600_eval.txt"),
-                                          read_labels(labels / f"ZS_split{n}_K600.csv")) for n in splits}
+            evals = {f"split{n}": EvalSet(finder.read(f"k600_splits/ZS_split{n}_K600_eval.txt",
+                                                      f"ZS_split{n}_K600.csv"),
+                                          finder.classes(f"ZS_split{n}_K600.csv")) for n in splits}
         elif dataset in ("hmdb", "ucf", "synthetic"):
-            classes = read_labels(labels / spec["labels"])
-            evals = {f"val{n}": EvalSet(finder.read(f"{spec['few']}/val{n}.txt"), classes) for n in splits}
+            classes = finder.classes(spec["labels"])
+            evals = {f"val{n}": EvalSet(finder.read(f"{spec['few']}/val{n}.txt", spec["labels"]), classes)
+                     for n in splits}
         else:
             raise KeyError(f"{dataset} has no zero-shot protocol (hmdb, ucf, k600, synthetic have)")
         protocol = Protocol(dataset, setting, root, None, [], evals)
     else:
         if "full_train" not in spec:
             raise KeyError(f"{dataset} has no fully supervised protocol (k400 and synthetic have)")
-        classes = read_labels(labels / spec["labels"])
-        evals = {"val": EvalSet(finder.read(spec["full_val"]), classes, num_clips=4, num_crops=3)}
-        protocol = Protocol(dataset, setting, root, finder.read(spec["full_train"]), classes, evals)
-
-    if protocol.train is not None:
-        check_labels(protocol.train, len(protocol.classes), f"{dataset}/{setting} train list")
-    for name, ev in protocol.evals.items():
-        check_labels(ev.samples, len(ev.classes), f"{dataset}/{setting} eval list {name!r}")
+        classes = finder.classes(spec["labels"])
+        evals = {"val": EvalSet(finder.read(spec["full_val"], spec["labels"]), classes, num_clips=4, num_crops=3)}
+        protocol = Protocol(dataset, setting, root, finder.read(spec["full_train"], spec["labels"]), classes, evals)
     return protocol
 
 
 class _Finder:
-    """Reads a list by its path under ``datasets_splits/``: the user's copy first, then the shipped one."""
+    """Reads a list by its path under ``datasets_splits/`` (the user's copy first, then the shipped one), checking
+    each label against the classes of its label csv under ``labels/``."""
 
     def __init__(self, list_root: Path, user_root: Path | None, dataset: str):
         self.list_root, self.user_root, self.dataset = list_root, user_root, dataset
+        self._classes: dict[str, list[str]] = {}
 
-    def read(self, relative: str) -> list[Sample]:
+    def classes(self, labels: str) -> list[str]:
+        """Class names of the label csv ``labels/<labels>``."""
+        if labels not in self._classes:
+            self._classes[labels] = read_labels(self.list_root / "labels" / labels)
+        return self._classes[labels]
+
+    def read(self, relative: str, labels: str) -> list[Sample]:
+        """The list ``relative``; a label that is no class id of ``labels/<labels>`` is an error naming its line."""
+        num_classes, labels_file = len(self.classes(labels)), self.list_root / "labels" / labels
         if self.user_root is not None and (self.user_root / relative).is_file():
-            return read_list(self.user_root / relative)
+            return read_list(self.user_root / relative, num_classes, labels_file)
         shipped = self.list_root / "datasets_splits" / relative
         if shipped.is_file():
-            return read_list(shipped)
+            return read_list(shipped, num_classes, labels_file)
         if relative in _USER_LISTS:
             where = self.user_root / relative if self.user_root else "<data_root>/datasets_splits/" + relative
             raise FileNotFoundError(

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from msta_fast.data import EvalSet, get_protocol
 from msta_fast.data.folder import FolderDataset, base_novel_classes, scan_folder, shots_per_class
-from msta_fast.data.lists import Sample, check_labels, read_labels, read_list
+from msta_fast.data.lists import Sample, read_labels, read_list
 from msta_fast.training.config import ConfigError
 from msta_fast.training.evaluation import harmonic_mean
 from msta_fast.training.results import mean_std
@@ -105,9 +105,8 @@ def folder_data(cfg: dict, data_root: Path) -> FolderDataset:
         classes = read_labels(labels)
     else:
         classes = [line.strip() for line in labels.read_text(encoding="utf-8").splitlines() if line.strip()]
-    splits = {"train": read_list(d["train_list"]), "val": read_list(d["val_list"])}
-    for split, samples in splits.items():
-        check_labels(samples, len(classes), d[f"{split}_list"])
+    splits = {split: read_list(d[f"{split}_list"], num_classes=len(classes), labels_file=labels)
+              for split in ("train", "val")}
     return FolderDataset(Path(data_root).resolve().name, Path(data_root), classes, splits)
 
 
