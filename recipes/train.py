@@ -95,11 +95,9 @@ from msta_fast.training.config import (  # noqa: E402
     check_methods,
     config_changes,
     load_yaml,
-    merge,
     method_config,
     method_options,
     save_config,
-    validate,
 )
 from msta_fast.training.descriptions import encode_descriptions, job_descriptions  # noqa: E402
 from msta_fast.training.distributed import (  # noqa: E402
@@ -160,7 +158,7 @@ def parse_args(argv: list[str] | None = None) -> dict:
         flags["allow_changes"] = True
     if args.no_consistency:
         flags["loss.msta.consistency"] = False
-    cfg = build_config(config, flags, args.set)
+    cfg = warn_builtin_backbone(build_config(config, flags, args.set))
     if args.print_config:
         print(yaml.safe_dump(cfg, sort_keys=False), end="")
         sys.exit(0)
@@ -267,7 +265,8 @@ class JobTraining:
             load_adapters(self.model, self.best_path)  # the epoch with the best selection accuracy is evaluated
         evals = evaluate_lists(self.wrapper, self.job.evals, self.cfg, self.info, label=f"eval {self.label}",
                                out_dir=self.job_dir / "evals")
-        save_adapters(self.model, self.job_dir / "adapters.safetensors", write=self.info.is_main)
+        save_adapters(self.model, self.job_dir / "adapters.safetensors", write=self.info.is_main,
+                      extra=self.description())
         return {"evals": evals, "best_epoch": self.progress.best_epoch if self.job.select is not None else None}
 
     def resume(self) -> int:
@@ -376,8 +375,17 @@ class JobTraining:
         self.logger.log(f"select/{self.label}", epoch, top1=acc)
         if acc > self.progress.best:
             self.progress.best, self.progress.best_epoch = acc, epoch
-            save_adapters(self.model, self.best_path, write=self.info.is_main)
+            save_adapters(self.model, self.best_path, write=self.info.is_main, extra=self.description())
         barrier(self.info)
+
+    def description(self) -> dict:
+        """What the saved adapters were trained for, so that a classifier rebuilds the same pipeline: the classes
+        (index = output), the prompt, the frames, the image size and the evaluation views."""
+        m, e = self.cfg["model"], self.cfg["eval"]
+        first, _ = next(iter(self.job.evals.values()))
+        return {"classes": list(self.job.classes), "template": self.cfg["loss"]["template"],
+                "num_frames": m["num_frames"], "image_size": m["image_size"],
+                "views": [e["num_clips"] or first.num_clips, e["num_crops"] or first.num_crops]}
 
     def save_checkpoint(self, consumed: int) -> None:
         reshard(self.wrapper)  # save the optimizer's (sharded) parameters, not stale gathered copies
@@ -401,7 +409,7 @@ def accumulation_steps(batch_size: int, micro: int, info: DistInfo) -> int:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    cfg = with_builtin_backbone(parse_args(argv))
+    cfg = parse_args(argv)
     check_methods(cfg)  # every method's options, before any work starts
     folder = folder_data(cfg, Path(cfg["data_root"])) if cfg["dataset"] == "folder" else None
     check_folder_setting(cfg, folder)
@@ -419,6 +427,9 @@ def main(argv: list[str] | None = None) -> dict:
     started = time.time()
     try:
         data_root, backbone = resolve_sources(cfg, info, logger)
+        if info.is_main:  # what the run used, for eval.py, predict.py and VideoClassifier.from_run
+            atomic_write_text(run_dir / "run.json", json.dumps({"backbone": str(backbone.resolve()), "dataset": name,
+                                                                "data_root": str(data_root) if data_root else None}))
         jobs = plan_jobs(cfg, data_root, folder)
         if folder is not None and info.is_main:
             record_folder(folder, run_dir)
@@ -450,16 +461,13 @@ def _has_work(run_dir: Path) -> bool:
     return any(run_dir.rglob("done.json")) or any(run_dir.rglob("LATEST"))
 
 
-def with_builtin_backbone(cfg: dict) -> dict:
-    """Your own folder without ``--checkpoint`` runs on the built-in small backbone: its sizes from
-    ``builtin_backbone`` (said once: the accuracy it gets is not what ViCLIP would give)."""
-    if cfg["dataset"] != "folder" or cfg["checkpoint"] or not cfg["builtin_backbone"]:
-        return cfg
-    print("warning: no --checkpoint: training on the built-in small backbone pre-trained on synthetic captions; "
-          "for real accuracy pass ViCLIP weights (--checkpoint ViClip-InternVid-10M-FLT.pth)", file=sys.stderr)
-    out = merge(cfg, cfg["builtin_backbone"])
-    validate(out, "builtin_backbone")
-    return out
+def warn_builtin_backbone(cfg: dict) -> dict:
+    """Your own folder without ``--checkpoint`` runs on the built-in small backbone (the config's
+    ``builtin_backbone`` sizes, merged by ``build_config``): said once, since its accuracy is not ViCLIP's."""
+    if cfg["dataset"] == "folder" and not cfg["checkpoint"]:
+        print("warning: no --checkpoint: training on the built-in small backbone pre-trained on synthetic captions; "
+              "for real accuracy pass ViCLIP weights (--checkpoint ViClip-InternVid-10M-FLT.pth)", file=sys.stderr)
+    return cfg
 
 
 def check_folder_setting(cfg: dict, folder) -> None:

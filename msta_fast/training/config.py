@@ -287,10 +287,19 @@ def load_yaml(path: str | os.PathLike) -> dict:
 
 def build_config(file: str | os.PathLike | None = None, flags: dict | None = None,
                  overrides: list[str] = ()) -> dict:
-    """Defaults <- ``file`` <- ``flags`` (dotted keys from dedicated command-line options) <- ``overrides``."""
+    """Defaults <- ``file`` <- its ``builtin_backbone`` section when the run uses the built-in small backbone (your
+    own folder without a checkpoint) <- ``flags`` (dotted keys from dedicated command-line options) <-
+    ``overrides``."""
     cfg = copy.deepcopy(DEFAULTS)
     if file is not None:
         cfg = merge(cfg, load_yaml(file))
+    final = {**cfg, **{k: v for k, v in (flags or {}).items() if "." not in k}}
+    for text in overrides:
+        key, value = parse_override(text)
+        if "." not in key:
+            final[key] = value
+    if final["dataset"] == "folder" and not final["checkpoint"] and cfg["builtin_backbone"]:
+        cfg = merge(cfg, cfg["builtin_backbone"])
     for key, value in (flags or {}).items():
         set_dotted(cfg, key, value)
     for text in overrides:

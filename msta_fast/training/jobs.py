@@ -137,7 +137,7 @@ def plan_folder_jobs(cfg: dict, data: FolderDataset) -> list[Job]:
         return [Job(f"k{k}", shots_per_class(data.splits["train"], k, k), data.root, data.classes, name, "", evals,
                     best, seed=k, shots=k) for k in p["shots"]]
     if setting == "zs":
-        return [Job("eval", None, data.root, data.classes, name, "", evals)]
+        return [Job("eval", None, data.root, data.classes, name, "", {f"{name}/{k}": v for k, v in evals.items()})]
     select = None if cfg["eval"]["select_best"] == "last" else "base"
     jobs = []
     for seed in p["seeds"]:
