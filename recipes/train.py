@@ -88,6 +88,7 @@ from msta_fast.data.lists import write_list  # noqa: E402
 from msta_fast.methods import get_method  # noqa: E402
 from msta_fast.patching import count_trainable, patch  # noqa: E402
 from msta_fast.progress import progress_bar  # noqa: E402
+from msta_fast.training import assets  # noqa: E402
 from msta_fast.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint  # noqa: E402
 from msta_fast.training.config import (  # noqa: E402
     ConfigError,
@@ -185,7 +186,8 @@ def run_job(method: str, cfg: dict, job: Job, backbone: Path, info: DistInfo, ru
     patch(model, method, config=spec.for_classes(config, job.classes, loss_options))
     descriptions = None
     if spec.wants_descriptions(loss_options):  # embedded once by the frozen text tower, before sharding
-        spatial, temporal = job_descriptions(loss_options, job, job.train_root)
+        default = assets.synthetic_descriptions_dir(cfg, job.train_root) if job.dataset == "synthetic" else None
+        spatial, temporal = job_descriptions(loss_options, job, default)
         descriptions = (encode_descriptions(model, spatial, len(job.classes)),
                         encode_descriptions(model, temporal, len(job.classes)))
     objective = spec.objective(model, config, job.classes, loss_options, descriptions=descriptions,

@@ -66,10 +66,19 @@ def synthetic_descriptions(class_name: str, kind: str, n: int) -> list[str]:
     return [pool[i % len(pool)] for i in range(n)]
 
 
-def write_synthetic_descriptions(data_root: Path, n: int) -> Path:
-    """Description files in the authors' naming under ``<data_root>/descriptions/``; returns that folder."""
-    folder = data_root / "descriptions"
-    folder.mkdir(exist_ok=True)
+def synthetic_descriptions_dir(cfg: dict, data_root: Path) -> Path:
+    """Where the synthetic set's description files are: in its own folder when it is the cached one, in the cache
+    otherwise (nothing is written into a data folder you passed)."""
+    data_root = Path(data_root).resolve()
+    cache = cache_root(cfg).resolve()
+    if cache in data_root.parents:
+        return data_root / "descriptions"
+    return cache / "descriptions" / _key({"data_root": str(data_root)})
+
+
+def write_synthetic_descriptions(data_root: Path, n: int, folder: Path) -> Path:
+    """Description files in the authors' naming under ``folder``; returns it."""
+    folder.mkdir(parents=True, exist_ok=True)
     for part, labels in _LABEL_PARTS.items():
         names = read_labels(data_root / "labels" / labels)
         for kind, letter in DESCRIPTION_FILES.items():
@@ -87,7 +96,7 @@ def synthetic_data(cfg: dict, info: DistInfo) -> Path:
     folder = cache_root(cfg) / "synthetic" / _key(options)
     if info.is_main:
         generate(folder, **options)
-        write_synthetic_descriptions(folder, num_descriptions(cfg))
+        write_synthetic_descriptions(folder, num_descriptions(cfg), synthetic_descriptions_dir(cfg, folder))
     barrier(info)
     return folder
 

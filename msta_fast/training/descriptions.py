@@ -31,17 +31,15 @@ def _warn_once(message: str) -> None:
         log.warning(message)
 
 
-def job_descriptions(options, job, data_root: Path | None) -> tuple[dict, dict]:
+def job_descriptions(options, job, default_folder: Path | None = None) -> tuple[dict, dict]:
     """(spatial, temporal) ``{class index: sentences}`` for the job's training classes.
 
     Read from ``options.descriptions_dir`` (MSTA's loss options; the authors' file names:
-    ``{N}_{s|t}_description_<name>[_base].json``; the synthetic set writes its own under
-    ``<data_root>/descriptions``); without a folder, template sentences (weak: generate real ones with
+    ``{N}_{s|t}_description_<name>[_base].json``), else ``default_folder`` (the synthetic set's own); without a
+    folder, template sentences built from the class names (weak: generate real ones with
     ``python -m msta_fast.data.descriptions``)."""
     n = options.num_descriptions
-    folder = options.descriptions_dir
-    if folder is None and job.dataset == "synthetic" and data_root is not None:
-        folder = data_root / "descriptions"
+    folder = options.descriptions_dir or default_folder
     out = []
     for letter, kind in (("s", "spatial"), ("t", "temporal")):
         if folder is None:

@@ -22,7 +22,8 @@ def resolve_sources(cfg: dict, info: DistInfo, logger=None) -> tuple[Path | None
     if cfg["dataset"] == "synthetic":
         data_root = Path(cfg["data_root"]) if cfg["data_root"] else assets.synthetic_data(cfg, info)
         if cfg["data_root"] and info.is_main:
-            assets.write_synthetic_descriptions(data_root, assets.num_descriptions(cfg))
+            assets.write_synthetic_descriptions(data_root, assets.num_descriptions(cfg),
+                                                assets.synthetic_descriptions_dir(cfg, data_root))
         barrier(info)
         checkpoint = cfg["checkpoint"] or assets.pretrained_model(cfg, data_root, info, logger)
         return data_root, Path(checkpoint)
