@@ -20,7 +20,7 @@ from msta_fast.adapter_io import load_adapters, read_adapter_metadata
 from msta_fast.training.config import SETTINGS, ConfigError, build_config, load_yaml, method_config, method_options
 from msta_fast.training.distributed import DistInfo, cleanup, init_distributed, wrap
 from msta_fast.training.evaluation import evaluate_lists
-from msta_fast.training.jobs import Job, plan_jobs
+from msta_fast.training.jobs import Job, folder_data, plan_jobs
 from msta_fast.training.results import markdown_table
 from msta_fast.training.sources import load_backbone, resolve_sources
 from msta_fast.training.step import TrainStep
@@ -44,15 +44,20 @@ def evaluate_adapters(cfg: dict, job: Job, checkpoint: Path, adapters: Path | No
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", default=None, help="a train.py run directory: evaluate all its adapters")
-    parser.add_argument("--setting", choices=SETTINGS, default="b2n")
-    parser.add_argument("--dataset", default="synthetic")
-    parser.add_argument("--config", default=None)
-    parser.add_argument("--checkpoint", default=None)
-    parser.add_argument("--data-root", default=None)
-    parser.add_argument("--cache-dir", default=None)
+    parser.add_argument("--setting", choices=SETTINGS, default="b2n",
+                        help="without --run: the protocol (b2n, fs, zs, full)")
+    parser.add_argument("--dataset", default="synthetic",
+                        help="without --run: the data set (k400, hmdb, ucf, ssv2, synthetic)")
+    parser.add_argument("--config", default=None,
+                        help="without --run: a YAML config (default: configs/<setting>/<dataset>.yaml)")
+    parser.add_argument("--checkpoint", default=None, help="the ViCLIP weights (default: the run's)")
+    parser.add_argument("--data-root", default=None, help="the folder of the videos (default: the run's)")
+    parser.add_argument("--cache-dir", default=None,
+                        help="cache of the synthetic default (default: ~/.cache/msta_fast)")
     parser.add_argument("--adapters", default=None, help="adapters.safetensors to evaluate")
     parser.add_argument("--job", default=None, help="which job's lists: seed1..3, k2..k16, train, full")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set eval.num_clips=4 (repeatable)")
     args = parser.parse_args(argv)
     flags = {k: v for k, v in (("checkpoint", args.checkpoint), ("data_root", args.data_root),
                                ("cache_dir", args.cache_dir)) if v is not None}
@@ -64,7 +69,8 @@ def main(argv: list[str] | None = None) -> dict:
     info = init_distributed()
     try:
         data_root, checkpoint = resolve_sources(cfg, info)
-        jobs = {job.name: job for job in plan_jobs(cfg, data_root)}
+        folder = folder_data(cfg, data_root) if cfg["dataset"] == "folder" else None
+        jobs = {job.name: job for job in plan_jobs(cfg, data_root, folder)}
         targets = []  # (label, job, adapters)
         if args.run:
             for path in sorted(Path(args.run).glob("*/*/adapters.safetensors")):

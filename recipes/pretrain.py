@@ -23,9 +23,14 @@ CONFIG = Path(__file__).resolve().parent / "configs" / "b2n" / "synthetic.yaml"
 
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default=str(CONFIG))
-    parser.add_argument("--cache-dir", default=None)
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--config", default=str(CONFIG),
+                        help="YAML with the synthetic, model and pretrain sections (default: "
+                             "configs/b2n/synthetic.yaml)")
+    parser.add_argument("--cache-dir", default=None,
+                        help="where the data set and the model are cached (default: $MSTA_FAST_CACHE or "
+                             "~/.cache/msta_fast)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set pretrain.epochs=30 (repeatable)")
     args = parser.parse_args(argv)
     cfg = build_config(args.config, {"cache_dir": args.cache_dir} if args.cache_dir else {}, args.set)
     info = DistInfo()

@@ -189,7 +189,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m msta_fast.data.descriptions",
                                      description="Write class descriptions (spatial or temporal) for MSTA.")
     parser.add_argument("--labels", required=True, help="label csv (id,name)")
-    parser.add_argument("--kind", required=True, choices=list(PROMPTS))
+    parser.add_argument("--kind", required=True, choices=list(PROMPTS),
+                        help="spatial (what is seen) or temporal (how it unfolds) sentences")
     parser.add_argument("--n", type=int, default=2, help="sentences per class (the paper's best: 2)")
     parser.add_argument("--out", required=True, help="output JSON file")
     parser.add_argument("--url", default=os.environ.get("MSTA_FAST_LLM_URL", os.environ.get("OPENAI_BASE_URL")),
@@ -202,7 +203,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--api-key-env", default="OPENAI_API_KEY",
                         help="environment variable holding the API key (default OPENAI_API_KEY)")
     parser.add_argument("--cache", default=None, help="answer cache (default: <out>.cache.json)")
-    parser.add_argument("--retries", type=int, default=4)
+    parser.add_argument("--retries", type=int, default=4, help="retries of a class after a transient failure")
     parser.add_argument("--backoff", type=float, default=1.0, help="first retry delay in seconds (doubles)")
     parser.add_argument("--timeout", type=float, default=60.0,
                         help="seconds for one whole request: connect, send and the complete answer")

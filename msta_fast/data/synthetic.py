@@ -254,13 +254,13 @@ def load_captions(data_root: str | os.PathLike) -> list[tuple[str, str]]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m msta_fast.data.synthetic", description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of every video and of the splits")
     parser.add_argument("--size", type=int, default=32, help="frame height and width (even)")
     parser.add_argument("--frames", type=int, default=16, help="frames per video")
-    parser.add_argument("--train-per-class", type=int, default=20)
-    parser.add_argument("--val-per-class", type=int, default=8)
-    parser.add_argument("--codec", choices=("h264", "vp9"), default="h264")
-    parser.add_argument("--fps", type=int, default=8)
+    parser.add_argument("--train-per-class", type=int, default=20, help="training videos per class")
+    parser.add_argument("--val-per-class", type=int, default=8, help="videos per class in each evaluation list")
+    parser.add_argument("--codec", choices=("h264", "vp9"), default="h264", help="H.264 in .mp4 or VP9 in .webm")
+    parser.add_argument("--fps", type=int, default=8, help="frame rate written into the files")
     parser.add_argument("--overwrite", action="store_true", help="replace a set generated with other options")
     args = parser.parse_args(argv)
     out = generate(args.out, args.seed, size=args.size, num_frames=args.frames,
