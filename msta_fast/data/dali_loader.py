@@ -8,6 +8,10 @@ crops, resizes and flips (``fn.resize``, ``fn.crop_mirror_normalize``). Colour j
 then run as torch ops on the output device, with the same code as the torch loader. Batches are the same dicts
 (``video_loader``), with ``video`` on the device.
 
+Rotated videos (a display matrix, which DALI ignores): crops and augmentation are chosen on the upright frame as
+the torch loader chooses them; DALI crops the same region of the stored frame and resizes it to the square
+output, which is then turned upright (and flipped) in torch: a quarter turn of a square, exact.
+
 Unreadable videos: a video that cannot be probed is replaced before it reaches DALI (``items``); DALI reports a
 video it cannot decode as a failure of the whole batch, which is then made again item by item by
 ``VideoDataset`` on DALI's one-video decoder, replacing the culprit as the torch loader does.
@@ -36,11 +40,28 @@ from .video_loader import VideoLoader
 class _Item:
     """Everything Python decides for one clip before DALI runs."""
 
-    __slots__ = ("key", "fields", "encoded", "frames", "box", "params")
+    __slots__ = ("key", "fields", "encoded", "frames", "box", "params", "turns")
 
-    def __init__(self, key, fields: dict, encoded=None, frames=None, box=None, params: AugmentParams | None = None):
+    def __init__(self, key, fields: dict, encoded=None, frames=None, box=None, params: AugmentParams | None = None,
+                 turns: int = 0, size: tuple[int, int] = (0, 0)):
         self.key, self.fields = key, fields  # the sampler's key; the batch entries besides "video"
-        self.encoded, self.frames, self.box, self.params = encoded, frames, box, params  # encoded None: black clip
+        self.encoded, self.frames, self.params = encoded, frames, params  # encoded None: black clip
+        # box: the crop in the stored (not yet upright) frame; turns: counter-clockwise quarter turns to upright
+        self.box, self.turns = (stored_box(box, turns, size) if box is not None else None), turns
+
+
+def stored_box(box: tuple[int, int, int, int], turns: int, size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """A crop box ``(top, left, h, w)`` of the upright frame of ``size`` (H, W) -> the same pixels' box in the
+    stored frame, which ``np.rot90(stored, turns)`` turns upright."""
+    top, left, h, w = box
+    height, width = size  # upright
+    if turns == 1:  # upright row i = stored column W_s - 1 - i, upright column j = stored row j (W_s = height)
+        return left, height - top - h, w, h
+    if turns == 2:
+        return height - top - h, width - left - w, h, w
+    if turns == 3:  # upright row i = stored column i, upright column j = stored row H_s - 1 - j (H_s = width)
+        return width - left - w, top, w, h
+    return box
 
 
 class DaliVideoLoader(VideoLoader):
@@ -61,12 +82,13 @@ class DaliVideoLoader(VideoLoader):
         self._pool = ThreadPoolExecutor(num_threads)
 
     # -- Python side: choose frames and augmentation exactly as VideoDataset does --------------------------------
-    def _probe(self, index: int) -> tuple[int, int, int, np.ndarray]:
-        """(frame count, height, width, encoded bytes) of video ``index``; raises VideoDecodeError."""
+    def _probe(self, index: int) -> tuple[int, int, int, int, np.ndarray]:
+        """(frame count, upright height, upright width, quarter turns, encoded bytes) of video ``index``; raises
+        VideoDecodeError."""
         path = self.path(index)
         if path not in self._probe_cache:
             with PyAVSource(path) as video:
-                self._probe_cache[path] = (video.num_frames, *video.frame_size)
+                self._probe_cache[path] = (video.num_frames, *video.frame_size, video.turns)
         return (*self._probe_cache[path], np.fromfile(path, dtype=np.uint8))
 
     def _prepare(self, key) -> _Item:
@@ -75,22 +97,24 @@ class DaliVideoLoader(VideoLoader):
             index, seed = key
             rng = np.random.default_rng(seed)
             result = read_or_replace(self._probe, index, rng, len(self.samples), strict=o.strict)
-            count, height, width, encoded = result.value
+            count, height, width, turns, encoded = result.value
             frames = segment_indices(count, o.num_frames, train=True, rng=rng)
             if o.augment:
                 params = sample_train_params(height, width, rng, p_flip=o.flip_prob)
             else:
                 params = AugmentParams(eval_crops(height, width, o.size, 1)[0], False, (), False)
-            return _Item(key, item_fields(self.samples, result, 0, int(seed)), encoded, frames, params.crop, params)
+            return _Item(key, item_fields(self.samples, result, 0, int(seed)), encoded, frames, params.crop, params,
+                         turns, (height, width))
         index, view = divmod(key, self.num_views)
         clip, crop = split_view(view, o.num_crops)
         result = read_or_skip(self._probe, index, strict=o.strict)
         fields = item_fields(self.samples, result, view, -1)
         if result.value is None:
             return _Item(key, fields)
-        count, height, width, encoded = result.value
+        count, height, width, turns, encoded = result.value
         frames = segment_indices(count, o.num_frames, train=False, clip=clip, num_clips=o.num_clips)
-        return _Item(key, fields, encoded, frames, eval_crops(height, width, o.size, o.num_crops)[crop])
+        return _Item(key, fields, encoded, frames, eval_crops(height, width, o.size, o.num_crops)[crop], None, turns,
+                     (height, width))
 
     # -- DALI side -------------------------------------------------------------------------------------------
     def _build(self):
@@ -127,7 +151,9 @@ class DaliVideoLoader(VideoLoader):
         pipe.feed_input("roi_start", [np.array([it.box[0], it.box[1]], np.float32) for it in items])
         pipe.feed_input("roi_end", [np.array([it.box[0] + it.box[2], it.box[1] + it.box[3]], np.float32)
                                     for it in items])
-        pipe.feed_input("mirror", [np.array(int(bool(it.params and it.params.flip)), np.int32) for it in items])
+        # a rotated clip is flipped after it is turned upright (in _batch)
+        pipe.feed_input("mirror", [np.array(int(bool(it.params and it.params.flip and not it.turns)), np.int32)
+                                   for it in items])
         (out,) = pipe.run()
         return _to_torch(out, self.device)
 
@@ -150,6 +176,10 @@ class DaliVideoLoader(VideoLoader):
                 videos.append(black_clip(o, self.device))
                 continue
             clip = clips[id(it)]
+            if it.turns:
+                clip = torch.rot90(clip, it.turns, dims=(-2, -1))
+                if it.params is not None and it.params.flip:
+                    clip = clip.flip(-1)
             if it.params is not None:
                 clip = apply_color(clip, it.params)
             videos.append(normalize(clip, o.mean, o.std))

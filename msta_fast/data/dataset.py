@@ -1,18 +1,22 @@
-"""The PyTorch video dataset and its loader (decord, PyAV or DALI-on-CPU decoding in DataLoader workers).
+"""The PyTorch video dataset and its loader (decord, PyAV, torchcodec or DALI-on-CPU decoding in DataLoader
+workers; torchcodec on NVDEC in the loading process).
 
-Items are the dicts of ``video_loader``'s batches, with ``video`` float ``(T, 3, S, S)``; unreadable videos are
-replaced as ``items`` says.
+Items are the dicts of ``video_loader``'s batches, with ``video`` float ``(T, 3, S, S)``; unreadable videos (and,
+with ``decode_timeout``, videos whose decoding takes longer than that) are replaced as ``items`` says.
 """
 
 from __future__ import annotations
 
 import os
+import queue
+import threading
+from collections.abc import Iterator
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .decode import open_video
+from .decode import check_backend, open_video
 from .items import ClipOptions, black_clip, item_fields, read_or_replace, read_or_skip, video_path
 from .lists import Sample
 from .sampling import item_seed, segment_indices, split_view
@@ -21,20 +25,23 @@ from .video_loader import VideoLoader
 
 
 class VideoDataset(Dataset):
-    """Clips of the videos of a list, decoded with ``backend`` (``"decord"``, ``"pyav"``, ``"dali"``).
+    """Clips of the videos of a list, decoded with ``backend`` (``"decord"``, ``"pyav"``, ``"torchcodec"``,
+    ``"dali"``).
 
     Training: one item per video; keys are dataset indices or ``(index, item seed)`` pairs as ``TrainSampler``
     yields them (the seed fixes frame choice, augmentation and replacement). Evaluation: one item per
-    (video, view), ``len = videos x views``. ``device`` is where ``backend="dali"`` decodes and where the clips
-    are made.
+    (video, view), ``len = videos x views``. ``device`` is where ``backend="torchcodec"`` or ``"dali"`` decodes
+    and where the clips are made. ``decode_timeout``: seconds one video may take to decode on the CPU (None: no
+    limit; see ``decode.open_video``); a video that takes longer is unreadable.
     """
 
     def __init__(self, samples: list[Sample], data_root: str | os.PathLike | None, options: ClipOptions, *,
-                 backend: str = "decord", device: str = "cpu"):
+                 backend: str = "decord", device: str = "cpu", decode_timeout: float | None = None):
         if not samples:
             raise ValueError("VideoDataset needs a non-empty list of (path, label)")
+        check_backend(backend, device)  # a missing library fails here, not as every video of the epoch
         self.samples, self.data_root, self.options = samples, data_root, options
-        self.backend, self.device = backend, device
+        self.backend, self.device, self.decode_timeout = backend, device, decode_timeout
         self._last_clip: tuple[tuple[int, int], torch.Tensor] | None = None  # see _eval_frames
 
     @property
@@ -51,7 +58,8 @@ class VideoDataset(Dataset):
         return self._eval_item(int(key))
 
     def _open(self, index: int):
-        return open_video(video_path(self.data_root, self.samples[index][0]), self.backend, self.device)
+        return open_video(video_path(self.data_root, self.samples[index][0]), self.backend, self.device,
+                          timeout=self.decode_timeout)
 
     def _train_item(self, index: int, seed: int) -> dict:
         o = self.options
@@ -94,16 +102,63 @@ class VideoDataset(Dataset):
 
 
 class TorchVideoLoader(VideoLoader):
-    """A ``DataLoader`` over a ``VideoDataset`` (``dataset``) with ``num_workers`` worker processes."""
+    """A ``DataLoader`` over a ``VideoDataset`` (``dataset``) with ``num_workers`` worker processes.
+
+    Workers are persistent (started once, not every epoch) and keep 4 batches each in flight. ``backend=
+    "torchcodec"`` with ``device="cuda"`` and no workers decodes on NVDEC in this process (CUDA does not survive a
+    fork into workers), one batch ahead in a thread so that decoding overlaps the training step.
+    """
 
     def __init__(self, samples: list[Sample], data_root: str | os.PathLike | None, options: ClipOptions, *,
                  batch_size: int, backend: str = "decord", num_workers: int = 0, pin_memory: bool = False,
-                 rank: int | None = None, world_size: int | None = None):
+                 device: str = "cpu", decode_timeout: float | None = None, rank: int | None = None,
+                 world_size: int | None = None):
         super().__init__(samples, data_root, options, batch_size=batch_size, rank=rank, world_size=world_size)
-        self.dataset = VideoDataset(samples, data_root, options, backend=backend)
+        gpu = backend == "torchcodec" and str(device).startswith("cuda") and num_workers == 0
+        self.decode_device = "cuda" if gpu else "cpu"
+        self.dataset = VideoDataset(samples, data_root, options, backend=backend, device=self.decode_device,
+                                    decode_timeout=decode_timeout)
         self.loader = DataLoader(self.dataset, batch_size=batch_size, sampler=self.sampler, num_workers=num_workers,
-                                 pin_memory=pin_memory, persistent_workers=num_workers > 0,
+                                 pin_memory=pin_memory and not gpu, persistent_workers=num_workers > 0,
                                  prefetch_factor=4 if num_workers else None)
 
     def _batches(self):
+        if self.decode_device == "cuda":
+            return prefetched(iter(self.loader), depth=1)
         return iter(self.loader)
+
+
+def prefetched(iterator: Iterator, depth: int = 1) -> Iterator:
+    """``iterator``'s items, made ``depth`` items ahead in a thread (the order and any exception are kept)."""
+    ahead: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(entry) -> bool:
+        while not stop.is_set():  # a consumer that stops early must not leave the thread blocked here
+            try:
+                ahead.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    def produce():
+        try:
+            for item in iterator:
+                if not put(("item", item)):
+                    return
+            put(("end", None))
+        except BaseException as e:  # handed to the consumer, raised there
+            put(("error", e))
+
+    threading.Thread(target=produce, name="msta-fast-prefetch", daemon=True).start()
+    try:
+        while True:
+            kind, value = ahead.get()
+            if kind == "error":
+                raise value
+            if kind == "end":
+                return
+            yield value
+    finally:
+        stop.set()

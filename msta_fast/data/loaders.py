@@ -1,5 +1,5 @@
 """The loader factory: training or multi-view evaluation batches of a video list, decoded by DataLoader workers
-(decord, PyAV) or by NVIDIA DALI, with the same items and batches either way (see ``video_loader``)."""
+(decord, PyAV, torchcodec) or by NVIDIA DALI, with the same items and batches either way (see ``video_loader``)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,10 @@ from .lists import Sample
 from .video_loader import VideoLoader
 
 LOADERS = ("auto", "torch", "dali")
+# Seconds one video may take to open and decode before it counts as unreadable: a 10 s clip takes well under a
+# second, a long 1080p video read by PyAV (sequentially, up to the last frame wanted) several; a hung decoder
+# never ends.
+DECODE_TIMEOUT = 60.0
 
 
 def dali_installed() -> bool:
@@ -42,6 +46,7 @@ def build_loader(
     loader: str = "auto",
     backend: str = "decord",
     device: str | torch.device = "cpu",
+    decode_timeout: float | None = DECODE_TIMEOUT,
     num_workers: int = 0,
     num_threads: int = 4,
     rank: int | None = None,
@@ -60,10 +65,14 @@ def build_loader(
         mean, std: normalisation (``CLIP_MEAN``/``CLIP_STD`` for OpenAI CLIP weights).
         strict: raise on an unreadable video instead of replacing it (``items`` says how).
         loader: ``"torch"`` (DataLoader with ``num_workers`` processes decoding with ``backend``: ``"decord"``,
-            ``"pyav"``, or ``"dali"`` on the CPU), ``"dali"`` (DALI decodes whole batches on ``device`` with
-            ``num_threads`` threads: NVDEC on a GPU; VP8/VP9/MJPEG on the CPU), or ``"auto"`` (DALI when
-            ``device`` is a GPU and nvidia-dali is installed, else torch).
-        device: where the batches are used: DALI's output device; with a GPU the torch loader pins its batches.
+            ``"pyav"``, ``"torchcodec"``, or ``"dali"`` on the CPU), ``"dali"`` (DALI decodes whole batches on
+            ``device`` with ``num_threads`` threads: NVDEC on a GPU; VP8/VP9/MJPEG on the CPU), or ``"auto"`` (DALI
+            when ``device`` is a GPU and nvidia-dali is installed, else torch).
+        device: where the batches are used: DALI's output device; with a GPU the torch loader pins its batches,
+            and ``backend="torchcodec"`` with ``num_workers=0`` decodes on NVDEC in this process.
+        decode_timeout: seconds one video may take to open and decode on the CPU (torch loader) before it counts
+            as unreadable and is replaced (a hung decoder never stalls the epoch); None or 0: no limit, and
+            decoding runs in the worker itself instead of its decoding child (see ``decode_process``).
         rank, world_size: this process's shard; default: the initialised process group's (torchrun), else 0, 1.
 
     Returns:
@@ -84,4 +93,5 @@ def build_loader(
         return DaliVideoLoader(samples, data_root, options, batch_size=batch_size, device=device,
                                num_threads=num_threads, rank=rank, world_size=world_size)
     return TorchVideoLoader(samples, data_root, options, batch_size=batch_size, backend=backend,
-                            num_workers=num_workers, pin_memory=device == "cuda", rank=rank, world_size=world_size)
+                            num_workers=num_workers, pin_memory=device == "cuda", device=device,
+                            decode_timeout=decode_timeout, rank=rank, world_size=world_size)

@@ -69,7 +69,8 @@ DEFAULTS: dict = {
         "max_weight": 1.0e4,
     },
     "data": {
-        "backend": "decord",  # decord | pyav
+        "backend": "decord",  # decord | pyav | torchcodec (decoding in the torch loader's workers)
+        "decode_timeout": 60.0,  # seconds a video may take to decode before it counts as unreadable (0: no limit)
         "loader": "auto",  # auto (DALI on GPUs when installed, else torch) | torch | dali
         "num_workers": 4,
         "strict": False,  # True: an unreadable video stops the run instead of being replaced
@@ -125,7 +126,7 @@ DEFAULTS: dict = {
 CHOICES = {
     "setting": SETTINGS,
     "precision": ("auto", "fp32", "bf16"),
-    "data.backend": ("decord", "pyav"),
+    "data.backend": ("decord", "pyav", "torchcodec"),
     "data.loader": ("auto", "torch", "dali"),
     "eval.select_best": ("auto", "last", "best"),
     "distributed.strategy": ("fsdp", "ddp"),
@@ -252,6 +253,7 @@ def check_values(cfg: dict, source: str = "config") -> None:
         (cfg["eval"]["num_clips"] >= 0 and cfg["eval"]["num_crops"] in (0, 1, 3),
          "eval.num_clips must be >= 0 and eval.num_crops 0 (the protocol's), 1 or 3"),
         (cfg["data"]["num_workers"] >= 0, "data.num_workers must be >= 0"),
+        (_finite(t := cfg["data"]["decode_timeout"]) and t >= 0, "data.decode_timeout must be >= 0 (0: no limit)"),
         (0 <= cfg["data"]["flip_prob"] <= 1, "data.flip_prob must be in [0, 1]"),
         (0 < cfg["data"]["val_fraction"] < 1, "data.val_fraction must be in (0, 1)"),
         (cfg["checkpointing"]["every_steps"] >= 0, "checkpointing.every_steps must be >= 0 (0: epoch ends only)"),
