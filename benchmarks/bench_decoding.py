@@ -1,14 +1,23 @@
-"""Clips/s of the decoding backends and loaders on Kinetics-like videos (10 s, 25 fps, 340x256, H.264).
+"""Clips/s of the decoding backends and the loaders, side by side in one run, as ratios to PyAV.
 
-Each clip is 8 frames chosen by training segment sampling. Providers:
+Two kinds of video, 8 of each, 8 frames per clip chosen by training segment sampling:
 
-- ``decode``: ``decode_frames`` alone (one process), per backend (decord, PyAV).
-- ``loader``: the PyTorch loader (decode + multi-scale crop to 224 + jitter + normalisation) with 1 and 2
-  workers, batch 8, per backend.
-- GPU only: the DALI loader (NVDEC decode, GPU resize and jitter) against the decord loader with 16 workers.
+- ``k400``: Kinetics-like, 10 s at 25 fps, 340x256, H.264 (.mp4);
+- ``ssv2``: Something-Something-v2-like, 4 s at 12 fps, 426x240, VP9 (.webm).
 
-Run: ``pytest benchmarks/bench_decoding.py --benchmark-only`` (about 1-2 minutes on 2 CPU cores). The videos
-are generated once into ``$MSTA_FAST_BENCH_VIDEOS`` (default ``<repo>/.cache/bench_videos``).
+Providers, per backend (PyAV, decord = the decord2 package, torchcodec when it and FFmpeg are installed):
+
+- ``decode_frames``: decoding alone, in this process;
+- ``decode_frames bounded``: the same through the decoding child that bounds the time per video (the loaders'
+  default, ``decode_timeout``): its cost over the line above is the price of the bound;
+- ``loader``: the torch loader (decode + multi-scale crop to 224 + jitter + normalisation), batch 8, with 1, 2, ...
+  workers (up to the CPU count).
+- GPU only: the DALI loader and the torchcodec loader on NVDEC against the decord loader with 16 workers.
+
+``vs_pyav`` is each row's clips/s over PyAV's in the same row group of the same run. Run:
+``pytest benchmarks/bench_decoding.py --benchmark-only`` (a few minutes on 2 CPU cores); results go to
+``benchmarks/results/decoding_*``. The videos are generated once into ``$MSTA_FAST_BENCH_VIDEOS`` (default
+``<repo>/.cache/bench_videos``).
 """
 
 from __future__ import annotations
@@ -22,78 +31,115 @@ import pytest
 import torch
 
 from msta_fast.data import build_loader, decode_frames
+from msta_fast.data.decode import check_backend
 from msta_fast.data.encode import write_video
 from msta_fast.data.sampling import segment_indices
 
-NUM_VIDEOS, SECONDS, FPS, HEIGHT, WIDTH, CLIP_FRAMES, SIZE = 8, 10, 25, 256, 340, 8, 224
+NUM_VIDEOS, CLIP_FRAMES, SIZE = 8, 8, 224
+FORMATS = {  # name -> (seconds, fps, height, width, codec, extension)
+    "k400": (10, 25, 256, 340, "h264", ".mp4"),
+    "ssv2": (4, 12, 240, 426, "vp9", ".webm"),
+}
+WORKERS = list(range(1, min(os.cpu_count() or 1, 4) + 1))
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="GPU benchmark: needs a CUDA device")
 
 
-def kinetics_like(seed: int) -> np.ndarray:
-    """(250, 256, 340, 3) uint8: a drifting gradient with a moving disc (compresses like real footage, not
+def _available(backend: str) -> bool:
+    try:
+        check_backend(backend)
+    except RuntimeError:
+        return False
+    return True
+
+
+# PyAV first: the ratios of the other backends need its number from the same run
+BACKENDS = [b for b in ("pyav", "decord", "torchcodec") if _available(b)]
+_measured: dict[tuple, float] = {}
+
+
+def record(record_result, benchmark, group: tuple, backend: str, provider: str, clips: int, **fields) -> None:
+    clips_per_s = clips / benchmark.stats["mean"]
+    _measured[group + (backend,)] = clips_per_s
+    reference = _measured.get(group + ("pyav",))
+    benchmark.extra_info["clips_per_s"] = clips_per_s
+    record_result("decoding_cpu", provider=provider, format=group[0], **fields, clips_per_s=clips_per_s,
+                  vs_pyav=clips_per_s / reference if reference else None)
+
+
+def scene(seed: int, frames: int, height: int, width: int) -> np.ndarray:
+    """(frames, height, width, 3) uint8: a drifting gradient with a moving disc (compresses like real footage, not
     like noise)."""
     rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:HEIGHT, 0:WIDTH].astype(np.float32)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
     colour = rng.uniform(0, 255, 3).astype(np.float32)
-    frames = np.empty((SECONDS * FPS, HEIGHT, WIDTH, 3), np.uint8)
-    for t in range(len(frames)):
-        cx, cy = 40 + t * 1.1, HEIGHT / 2 + 50 * np.sin(t / 15 + seed)
+    out = np.empty((frames, height, width, 3), np.uint8)
+    for t in range(frames):
+        cx, cy = 40 + t * 1.1, height / 2 + 50 * np.sin(t / 15 + seed)
         background = np.stack([(x + 2 * t) % 256, (0.8 * y + t) % 256, np.full_like(x, 60 + 10 * seed)], -1)
         disc = ((x - cx) ** 2 + (y - cy) ** 2 < 30**2)[..., None]
-        frames[t] = np.where(disc, colour, background)
-    return frames
+        out[t] = np.where(disc, colour, background)
+    return out
 
 
 @pytest.fixture(scope="module")
-def videos() -> list[tuple[str, int]]:
+def videos() -> dict[str, list[tuple[str, int]]]:
     default = Path(__file__).resolve().parents[1] / ".cache" / "bench_videos"
     root = Path(os.environ.get("MSTA_FAST_BENCH_VIDEOS", default))
     root.mkdir(parents=True, exist_ok=True)
-    samples = []
-    for i in range(NUM_VIDEOS):
-        path = root / f"kinetics_like_{i}.mp4"
-        if not path.is_file():
-            write_video(path, kinetics_like(i), fps=FPS, codec="h264")
-        samples.append((str(path), 0))
-    return samples
+    lists = {}
+    for name, (seconds, fps, height, width, codec, ext) in FORMATS.items():
+        lists[name] = []
+        for i in range(NUM_VIDEOS):
+            path = root / f"{name}_like_{i}{ext}"
+            if not path.is_file():
+                write_video(path, scene(i, seconds * fps, height, width), fps=fps, codec=codec)
+            lists[name].append((str(path), 0))
+    return lists
 
 
-@pytest.mark.parametrize("backend", ["decord", "pyav"])
-def test_decode(benchmark, record_result, videos, backend):
+@pytest.mark.parametrize("bounded", [False, True], ids=["here", "bounded"])
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("fmt", list(FORMATS))
+def test_decode(benchmark, record_result, videos, fmt, backend, bounded):
+    seconds, fps = FORMATS[fmt][:2]
     rng = np.random.default_rng(0)
+    timeout = 60 if bounded else None
 
     def decode_all():
-        for path, _ in videos:
-            decode_frames(path, segment_indices(SECONDS * FPS, CLIP_FRAMES, train=True, rng=rng), backend=backend)
+        for path, _ in videos[fmt]:
+            indices = segment_indices(seconds * fps, CLIP_FRAMES, train=True, rng=rng)
+            decode_frames(path, indices, backend=backend, timeout=timeout)
 
     benchmark.pedantic(decode_all, rounds=3, iterations=1, warmup_rounds=1)
-    clips_per_s = len(videos) / benchmark.stats["mean"]
-    benchmark.extra_info["clips_per_s"] = clips_per_s
-    record_result("decoding_cpu", provider=f"decode_frames[{backend}]", workers=0, clips_per_s=clips_per_s)
+    provider = "decode_frames bounded" if bounded else "decode_frames"
+    record(record_result, benchmark, (fmt, provider, 0), backend, f"{provider}[{backend}]", len(videos[fmt]),
+           workers=0)
 
 
-@pytest.mark.parametrize("workers", [1, 2])
-@pytest.mark.parametrize("backend", ["decord", "pyav"])
-def test_loader(benchmark, record_result, videos, backend, workers):
-    # repeat the list so that an epoch keeps the workers busy
-    loader = build_loader(videos * 4, None, train=True, batch_size=8, num_frames=CLIP_FRAMES, size=SIZE,
+@pytest.mark.parametrize("workers", WORKERS)
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("fmt", list(FORMATS))
+def test_loader(benchmark, record_result, videos, fmt, backend, workers):
+    samples = videos[fmt] * 4  # an epoch that keeps the workers busy
+    loader = build_loader(samples, None, train=True, batch_size=8, num_frames=CLIP_FRAMES, size=SIZE,
                           loader="torch", num_workers=workers, backend=backend)
 
     def epoch():
         return sum(len(batch["video"]) for batch in loader)
 
     benchmark.pedantic(epoch, rounds=2, iterations=1, warmup_rounds=1)
-    clips_per_s = 4 * len(videos) / benchmark.stats["mean"]
-    benchmark.extra_info["clips_per_s"] = clips_per_s
-    record_result("decoding_cpu", provider=f"loader[{backend}]", workers=workers, clips_per_s=clips_per_s)
+    record(record_result, benchmark, (fmt, "loader", workers), backend, f"loader[{backend}]", len(samples),
+           workers=workers)
 
 
 @needs_gpu
-@pytest.mark.parametrize("provider", ["dali", "decord-16-workers"])
+@pytest.mark.parametrize("provider", ["dali", "torchcodec-nvdec", "decord-16-workers"])
 def test_gpu_loader(benchmark, record_result, videos, provider):
-    samples = videos * 8
-    # the torch loader pins its batches for a CUDA device
-    kind = dict(loader="dali", num_threads=8) if provider == "dali" else dict(loader="torch", num_workers=16)
+    samples = videos["k400"] * 8
+    # the torch loader pins its batches for a CUDA device; torchcodec on NVDEC decodes in this process
+    kind = {"dali": dict(loader="dali", num_threads=8),
+            "torchcodec-nvdec": dict(loader="torch", backend="torchcodec", num_workers=0),
+            "decord-16-workers": dict(loader="torch", num_workers=16)}[provider]
     loader = build_loader(samples, None, train=True, batch_size=32, num_frames=CLIP_FRAMES, size=SIZE, device="cuda",
                           **kind)
 

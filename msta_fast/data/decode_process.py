@@ -5,7 +5,8 @@ runs, and a SIGALRM handler is Python code that waits for the same GIL, so neith
 the process that hangs can. Each process that decodes (a DataLoader worker, or the main process with
 ``num_workers=0``) therefore starts one decoding child on first use and keeps it: ``os.fork``, because it costs
 milliseconds and, unlike ``multiprocessing.Process``, is allowed inside a DataLoader worker (a daemonic process).
-A video costs three messages on a socket and one copy of its frames (about 2 MB for 8 frames of 340x256), small
+A video costs three small messages on a socket, and its frames come back through memory shared with the child
+(one copy on each side: about 1 ms for 8 frames of 426x240, a third of pickling them through the socket), small
 next to decoding them (``benchmarks/bench_decoding.py`` measures both). When a video takes longer than its limit,
 the child is killed (SIGKILL), the next video gets a fresh one, and ``VideoDecodeTimeout`` names the file; a child
 that dies (a decoder crash) is a ``VideoDecodeError`` too. Either way the loaders skip and replace the video.
@@ -16,6 +17,7 @@ The child runs the CPU decoders only and no torch op: a forked copy of torch's O
 from __future__ import annotations
 
 import itertools
+import mmap
 import multiprocessing.util
 import os
 import signal
@@ -31,12 +33,17 @@ import torch
 
 from .decode import VideoDecodeError, VideoDecodeTimeout, VideoSource, open_here
 
+# Decoded frames up to this size come back through shared memory (only the pages used take memory: 64 MB holds 8
+# frames of 1920x1080); larger ones are pickled through the socket.
+SHARED_BYTES = 64 << 20
+
 
 class _Child:
     """One decoding child process and the socket to it."""
 
     def __init__(self):
         ours, theirs = socket.socketpair()
+        self.shared = mmap.mmap(-1, SHARED_BYTES)  # anonymous and MAP_SHARED: the same pages in the child
         with warnings.catch_warnings():
             # Python >= 3.12 warns about fork in a threaded process; the child only decodes (see the module doc)
             warnings.simplefilter("ignore", DeprecationWarning)
@@ -46,7 +53,7 @@ class _Child:
             try:
                 ours.close()
                 signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's; the child ends on EOF
-                _serve(Connection(theirs.detach()))
+                _serve(Connection(theirs.detach()), self.shared)
                 code = 0
             finally:
                 os._exit(code)
@@ -84,7 +91,7 @@ def _kill(pid: int, conn: Connection) -> str:
     return "ended"
 
 
-def _serve(conn: Connection) -> None:
+def _serve(conn: Connection, shared: mmap.mmap) -> None:
     """The child's loop: ("open", key, path, backend) / ("read", key, indices) / ("close", key) until EOF."""
     videos: dict[int, VideoSource] = {}
     while True:
@@ -102,7 +109,12 @@ def _serve(conn: Connection) -> None:
                 videos[key] = open_here(*args)
                 reply = ("ok", videos[key].num_frames)
             else:
-                reply = ("ok", videos[key].read(args[0]).numpy())
+                frames = videos[key].read(args[0]).numpy()
+                if frames.nbytes <= len(shared):
+                    np.ndarray(frames.shape, frames.dtype, buffer=shared)[...] = frames
+                    reply = ("shared", (frames.shape, frames.dtype.str))
+                else:
+                    reply = ("ok", frames)
         except Exception as e:
             reply = ("error", e)
         try:
@@ -127,8 +139,9 @@ def _forget_parents_child() -> None:
     global _STATE
     inherited = _STATE.child
     _STATE = _State()
-    if inherited is not None:
-        inherited.conn.close()  # this process's copy of the socket; the parent's child is the parent's to stop
+    if inherited is not None:  # this process's copies of the socket and the memory; the child is the parent's
+        inherited.conn.close()
+        inherited.shared.close()
 
 
 os.register_at_fork(after_in_child=_forget_parents_child)
@@ -163,6 +176,9 @@ def _call(message, path: Path, deadline: float, limit: float, child: _Child | No
             state.child = None
             how = child.stop()
             raise VideoDecodeError(path, f"the decoding process died ({how}) while reading it") from e
+        if status == "shared":  # copied out before the next video overwrites it
+            shape, dtype = value
+            value = np.ndarray(shape, np.dtype(dtype), buffer=child.shared).copy()
     if status == "error":
         raise value
     return child, value
