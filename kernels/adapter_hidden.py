@@ -11,7 +11,7 @@ Backward (same tiling; recomputes a1, z1, a2 from x instead of storing them):
 
     dh  = du @ Wu            K loop over C (du: gradient of the up-projection's output)
     da2 = dh * keep / (1 - p) * [a2 > 0]
-    dz1 = da2 @ Ws ;  da1 = dz1 * [a1 > 0]
+    dz1 = da2 @ Ws ;  da1 = dz1 * [z1 > 0]   (z1 > 0 iff a1 > 0: the fp32 a1 tile need not stay live)
     dx  = xscale * da1 @ Wd  written in column chunks of C
 
 and stores z1, da2, da1 (M, r each) for the weight gradients, which are plain GEMMs reduced over
@@ -25,28 +25,35 @@ import torch
 import triton
 import triton.language as tl
 
-from msta_fast.kernels.runtime import dot_precision, maybe_autotune, next_pow2, small_tiles_when
+from msta_fast.kernels.runtime import (
+    dot_precision,
+    maybe_autotune,
+    next_pow2,
+    small_tiles_when,
+    tile_configs,
+    tiles_for_dim,
+)
 
 MAX_DIM = 256
 
-# GPU search space (not yet measured on a GPU). BLOCK_N up to BLOCK_R lets the backward read du
-# once (one chunk of the r outputs) instead of r / BLOCK_N times; larger chunks cost registers.
-_CONFIGS = [
-    triton.Config({"BLOCK_M": bm, "BLOCK_K": 64, "BLOCK_N": bn}, num_warps=w, num_stages=s)
-    for bm in (32, 64)
-    for bn in (32, 64, 128, 256)
-    for w, s in ((4, 2), (8, 3))
-]
+# Search spaces, as (BLOCK_M, BLOCK_N, num_warps, num_stages) per adapter-dim tile BLOCK_R (a dim up to the key):
+# the tiles that compile for sm_90 in bf16 without spilling registers and can launch (benchmarks/kernel_resources.py
+# writes the table, benchmarks/results/kernel_resources_sm90.md; tests/test_kernels_resources.py holds these lists
+# to it). The first tile is the one MSTA_FAST_AUTOTUNE=first launches. BLOCK_N up to BLOCK_R lets the backward read
+# du once (one chunk of the r outputs) instead of r / BLOCK_N times; larger chunks cost registers.
+_FWD_TILES = {256: [(64, 64, 4, 2), (32, 64, 4, 2), (32, 128, 4, 2), (64, 128, 4, 2), (32, 256, 4, 2), (64, 32, 4, 2),
+                    (32, 64, 8, 3), (64, 64, 8, 3), (32, 32, 4, 2)]}
+# The backward keeps two (BLOCK_M, r) tiles live (z1 and the dz1 accumulator): at r = 256 only 16-row tiles on 8
+# warps compile without spilling (every 32- and 64-row tile spilled 0.2-2.7 KB per thread).
+_BWD_TILES = {128: [(32, 64, 8, 3), (32, 32, 4, 2), (32, 32, 8, 3), (32, 128, 8, 3), (64, 32, 8, 3), (64, 64, 8, 3)],
+              256: [(16, 64, 8, 3), (16, 32, 8, 3)]}
+# fp32 (parity runs: exact fp32 dots compile slowly) only tries the small tiles.
 _SMALL_FP32 = small_tiles_when(lambda a: a["x_ptr"].element_size() == 4, {"BLOCK_M": 32, "BLOCK_N": 32})
-
-
-def _prune(configs, named_args, **kwargs):
-    """No chunk wider than the adapter dim's tile; fp32 (parity runs) only tries the small tiles."""
-    fitting = [c for c in configs if c.kwargs["BLOCK_N"] <= kwargs["BLOCK_R"]] or configs[:1]
-    return _SMALL_FP32(fitting, named_args, **kwargs)
-
-
-_PRUNE = {"early_config_prune": _prune}
+TUNING = {
+    name: dict(configs=tile_configs([t for ts in tiles.values() for t in ts], BLOCK_K=64),
+               prune_configs_by={"early_config_prune": tiles_for_dim(tiles, then=_SMALL_FP32)})
+    for name, tiles in (("_hidden_fwd_kernel", _FWD_TILES), ("_hidden_bwd_kernel", _BWD_TILES))
+}
 _INTERPRET_BLOCKS = {"BLOCK_M": 32, "BLOCK_K": 64, "BLOCK_N": 64}
 
 
@@ -82,7 +89,7 @@ def _keep(seed, rows, rn, R, p_drop):
     return tl.rand(seed, rows[:, None] * R + rn[None, :]) >= p_drop
 
 
-@maybe_autotune(_CONFIGS, key=["C", "R", "DROPOUT"], prune_configs_by=_PRUNE)
+@maybe_autotune(key=["C", "R", "DROPOUT"], **TUNING["_hidden_fwd_kernel"])
 @triton.jit
 def _hidden_fwd_kernel(
     x_ptr, wd_ptr, bd_ptr, ws_ptr, bs_ptr, h_ptr,
@@ -105,7 +112,7 @@ def _hidden_fwd_kernel(
                  mask=row_ok[:, None] & (rn < R)[None, :])
 
 
-@maybe_autotune(_CONFIGS, key=["C", "R", "DROPOUT"], prune_configs_by=_PRUNE)
+@maybe_autotune(key=["C", "R", "DROPOUT"], **TUNING["_hidden_bwd_kernel"])
 @triton.jit
 def _hidden_bwd_kernel(
     x_ptr, wd_ptr, bd_ptr, ws_ptr, bs_ptr, wu_ptr, du_ptr, dx_ptr, z1_ptr, da1_ptr, da2_ptr,
@@ -142,7 +149,7 @@ def _hidden_bwd_kernel(
         # dz1 += da2[:, rn] @ Ws[rn, :]
         wsc = tl.load(ws_ptr + rn[:, None] * R + rr[None, :], mask=n_ok[:, None] & r_ok[None, :], other=0.0)
         dz1 = tl.dot(da2, wsc, dz1, input_precision=PRECISION)
-    da1 = tl.where(a1 > 0, dz1, 0.0).to(x_ptr.dtype.element_ty)
+    da1 = tl.where(z1 > 0, dz1, 0.0).to(x_ptr.dtype.element_ty)
     tl.store(da1_ptr + rows[:, None] * R + rr[None, :], da1, mask=row_ok[:, None] & r_ok[None, :])
     # dx = xscale * da1 @ Wd, one BLOCK_K-wide column chunk of C at a time.
     for k0 in range(0, C, BLOCK_K):

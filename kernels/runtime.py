@@ -32,10 +32,23 @@ ENABLE_INTERPRETER = ("set TRITON_INTERPRET=1 in the environment before triton i
                       "imports it), e.g. `TRITON_INTERPRET=1 python ...`")
 
 
+# MSTA_FAST_AUTOTUNE=first: launch the first config that the pruning keeps, without timing the others. For runs
+# that need correct kernels, not the fastest (parity checks): every config compiles once per process otherwise.
+AUTOTUNE = os.environ.get("MSTA_FAST_AUTOTUNE", "all")
+
+
 def maybe_autotune(configs: list, key: list[str], **options):
     """``triton.autotune`` on a GPU; the identity in the interpreter (blocks come from the launcher)."""
     if INTERPRET:
         return lambda fn: fn
+    if AUTOTUNE == "first":
+        prune = (options.get("prune_configs_by") or {}).get("early_config_prune")
+
+        def first(configs, named_args, **kwargs):
+            return (prune(configs, named_args, **kwargs) if prune else configs)[:1]
+
+        options = dict(options, prune_configs_by={**(options.get("prune_configs_by") or {}),
+                                                  "early_config_prune": first})
     return triton.autotune(configs=configs, key=key, **options)
 
 
@@ -50,8 +63,39 @@ def small_tiles_when(predicate, small: dict):
     def prune(configs, named_args, **kwargs):
         if not predicate({**named_args, **kwargs}):
             return configs
-        kept = [c for c in configs if all(c.kwargs.get(k) == v for k, v in small.items())]
+        kept = [c for c in configs if all(_setting(c, k) == v for k, v in small.items())]
         return kept or configs[:1]
+
+    return prune
+
+
+def _setting(config, name: str):
+    """A block size of a config, or its ``num_warps`` / ``num_stages``."""
+    return getattr(config, name) if name in ("num_warps", "num_stages") else config.kwargs.get(name)
+
+
+def tile(config) -> tuple[int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) of a config."""
+    return config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"], config.num_warps, config.num_stages
+
+
+def tile_configs(tiles, **fixed) -> list:
+    """``triton.Config`` per (BLOCK_M, BLOCK_N, num_warps, num_stages), with the ``fixed`` block sizes, in order
+    and without repeats."""
+    return [triton.Config({"BLOCK_M": bm, **fixed, "BLOCK_N": bn}, num_warps=w, num_stages=s)
+            for bm, bn, w, s in dict.fromkeys(tuple(t) for t in tiles)]
+
+
+def tiles_for_dim(tiles_by_dim: dict[int, list[tuple]], then=None):
+    """An ``early_config_prune`` keeping the tiles listed for the smallest listed adapter-dim tile >= the launch's
+    ``BLOCK_R`` (the largest list above the largest key), none with BLOCK_N wider than BLOCK_R; then ``then``."""
+    allowed = {dim: set(map(tuple, tiles)) for dim, tiles in tiles_by_dim.items()}
+
+    def prune(configs, named_args, **kwargs):
+        block_r = kwargs["BLOCK_R"]
+        dim = min((d for d in allowed if d >= block_r), default=max(allowed))
+        kept = [c for c in configs if tile(c) in allowed[dim] and c.kwargs["BLOCK_N"] <= block_r] or configs[:1]
+        return then(kept, named_args, **kwargs) if then else kept
 
     return prune
 

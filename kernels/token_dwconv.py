@@ -37,23 +37,25 @@ import torch
 import triton
 import triton.language as tl
 
-from msta_fast.kernels.runtime import check_device, maybe_autotune, small_tiles_when
+from msta_fast.kernels.runtime import check_device, maybe_autotune, small_tiles_when, tile_configs
 from msta_fast.kernels.token_grid import LAYOUT_CODES, neighbour_row, row_strides
 from msta_fast.ops import fallback
 from msta_fast.ops.reference import check_token_dwconv_call, reference_grads, token_dwconv_ref
 
 __all__ = ["token_dwconv_ref", "token_dwconv_triton", "token_dwconv_fwd", "token_dwconv_bwd"]
 
-# GPU search space (not measured on a GPU yet). The 27-tap backward compiles slowly: small tiles only.
-_CONFIGS = [
-    triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=2)
-    for bm in (32, 64, 128)
-    for bn in (32, 64)
-    for w in (4, 8)
-]
+# Search space, (BLOCK_M, BLOCK_N, num_warps, num_stages): the tiles that compile for sm_90 in bf16 without spilling
+# registers, forward and backward, for (3,1,1), (1,3,3) and (3,3,3) kernels
+# (benchmarks/results/kernel_resources_sm90.md; tests/test_kernels_resources.py); 128 x 64 tiles and 64 x 64 on 4
+# warps spilled with 9 taps. The 27-tap kernels compile slowly (45 s per backward config with ptxas) and spill on 4
+# warps: one tile on 8 warps.
+_TILES = [(64, 64, 8, 2), (32, 64, 4, 2), (32, 64, 8, 2), (64, 32, 4, 2), (64, 32, 8, 2), (32, 32, 4, 2),
+          (32, 32, 8, 2), (128, 32, 8, 2)]
 _PRUNE = {"early_config_prune": small_tiles_when(
-    lambda a: a["KT"] * a["KH"] * a["KW"] > 9, {"BLOCK_M": 32, "BLOCK_N": 64}
+    lambda a: a["KT"] * a["KH"] * a["KW"] > 9, {"BLOCK_M": 32, "BLOCK_N": 64, "num_warps": 8}
 )}
+TUNING = {name: dict(configs=tile_configs(_TILES), prune_configs_by=_PRUNE)
+          for name in ("_token_dwconv_fwd_kernel", "_token_dwconv_bwd_kernel")}
 # Interpreter blocks: large (few Python-level programs), still not a divisor of the test shapes.
 _INTERPRET_BLOCKS = {"BLOCK_M": 64, "BLOCK_N": 64}
 
@@ -71,7 +73,7 @@ def _coords(rows, N, T, W, LAYOUT: tl.constexpr):
     return t, n // W, n % W
 
 
-@maybe_autotune(_CONFIGS, key=["C", "KT", "KH", "KW"], prune_configs_by=_PRUNE)
+@maybe_autotune(key=["C", "KT", "KH", "KW"], **TUNING["_token_dwconv_fwd_kernel"])
 @triton.jit
 def _token_dwconv_fwd_kernel(
     u_ptr, w_ptr, b_ptr, y_ptr,
@@ -105,7 +107,7 @@ def _token_dwconv_fwd_kernel(
              mask=row_ok[:, None] & col_ok[None, :])
 
 
-@maybe_autotune(_CONFIGS, key=["C", "KT", "KH", "KW"], reset_to_zero=["dw_ptr", "db_ptr"], prune_configs_by=_PRUNE)
+@maybe_autotune(key=["C", "KT", "KH", "KW"], reset_to_zero=["dw_ptr", "db_ptr"], **TUNING["_token_dwconv_bwd_kernel"])
 @triton.jit
 def _token_dwconv_bwd_kernel(
     g_ptr, u_ptr, w_ptr, du_ptr, dw_ptr, db_ptr,

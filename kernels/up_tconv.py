@@ -47,20 +47,23 @@ import torch
 import triton
 import triton.language as tl
 
-from msta_fast.kernels.runtime import dot_precision, maybe_autotune, next_pow2, small_tiles_when
+from msta_fast.kernels.runtime import dot_precision, maybe_autotune, next_pow2, small_tiles_when, tile_configs
 from msta_fast.kernels.token_dwconv import token_dwconv_bwd, token_dwconv_fwd
 from msta_fast.kernels.token_grid import LAYOUT_CODES, neighbour_row, row_strides
 
-# GPU search space (not yet measured on a GPU: a plausible H100 set; BLOCK_N x BLOCK_R tiles of Wu stay on chip).
-_CONFIGS = [
-    triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
-    for bm in (32, 64)
-    for bn in (64, 128)
-    for w, s in ((4, 2), (8, 3))
-]
-_PRUNE = {"early_config_prune": small_tiles_when(
+# Search spaces, (BLOCK_M, BLOCK_N, num_warps, num_stages): the tiles that compile for sm_90 in bf16 without spilling
+# registers and can launch, at adapter dims 128 and 256, in every tiling (benchmarks/results/kernel_resources_sm90.md;
+# tests/test_kernels_resources.py). The BLOCK_N x BLOCK_R tile of Wu stays on chip. First: MSTA_FAST_AUTOTUNE=first's.
+_FWD_TILES = [(64, 64, 4, 2), (32, 64, 4, 2), (32, 64, 8, 3), (64, 64, 8, 3), (32, 128, 4, 2), (32, 128, 8, 3),
+              (64, 128, 8, 3)]
+# The backward also holds the output gradient's tile and the shifted copies of both: wider tiles spilled.
+_BWD_TILES = [(32, 64, 8, 3), (32, 64, 4, 2), (64, 64, 8, 3)]
+# fp32 (parity runs: ptxas needs minutes per large fp32 config) only tries the small tiles.
+_SMALL_FP32 = {"early_config_prune": small_tiles_when(
     lambda a: a["h_ptr"].element_size() == 4, {"BLOCK_M": 32, "BLOCK_N": 64}
 )}
+TUNING = {"_up_tconv_fwd_kernel": dict(configs=tile_configs(_FWD_TILES), prune_configs_by=_SMALL_FP32),
+          "_up_tconv_bwd_kernel": dict(configs=tile_configs(_BWD_TILES), prune_configs_by=_SMALL_FP32)}
 # Interpreter blocks: large (fewer Python-level programs), still not a divisor of the test shapes.
 _INTERPRET_BLOCKS = {"BLOCK_M": 32, "BLOCK_N": 64}
 
@@ -132,7 +135,7 @@ def _shifted_rows(x, valid, offset, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr
     return tl.where(valid[:, None], shifted, 0.0)
 
 
-@maybe_autotune(_CONFIGS, key=["C", "R", "KT", "KH", "KW"], prune_configs_by=_PRUNE)
+@maybe_autotune(key=["C", "R", "KT", "KH", "KW"], **TUNING["_up_tconv_fwd_kernel"])
 @triton.jit
 def _up_tconv_fwd_kernel(
     h_ptr, wu_ptr, bu_ptr, cw_ptr, cb_ptr, res_ptr, out_ptr,
@@ -179,9 +182,8 @@ def _up_tconv_fwd_kernel(
     tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-@maybe_autotune(
-    _CONFIGS, key=["C", "R", "KT", "KH", "KW"], reset_to_zero=["dcw_ptr", "dcb_ptr"], prune_configs_by=_PRUNE
-)
+@maybe_autotune(key=["C", "R", "KT", "KH", "KW"], reset_to_zero=["dcw_ptr", "dcb_ptr"],
+                **TUNING["_up_tconv_bwd_kernel"])
 @triton.jit
 def _up_tconv_bwd_kernel(
     g_ptr, h_ptr, wu_ptr, bu_ptr, cw_ptr, du_ptr, dcw_ptr, dcb_ptr,
