@@ -1,37 +1,36 @@
 """Parity and throughput of one MSTA adapted layer (video and text tower), forward and forward + backward.
 
-Providers: the eager reference (``msta_adapter_ref``), ``torch.compile`` of it, the fused Triton
-kernels and the C++/CUDA extension. On the CPU: small shapes, reference vs extension (pytest-benchmark
-timings). On a GPU: ViCLIP-B/16 shapes in bf16 (batch 32 x 1569 tokens, width 768; text 400 x 32
-tokens, width 512; adapter dim 256 and 128), timed with ``triton.testing.do_bench`` (median), with
-achieved TFLOP/s and GB/s and the fraction of the roofline floor (platform.md):
+Providers: the eager reference (``msta_adapter_ref``), ``torch.compile`` of it, the fused Triton kernels and the
+C++/CUDA extension. ``pytest benchmarks/bench_msta_layer.py --benchmark-only`` measures the CPU (fp32, small
+shapes): eager, ``torch.compile`` and the extension in one run, round-robin, with speed-ups relative to eager.
+On a GPU the device check (``benchmarks/device_check.sh``, steps ``layer`` and ``extension``) measures the
+ViCLIP-B/16 shapes of :data:`GPU_CASES` in bf16 with these helpers, with achieved TFLOP/s and GB/s and the fraction
+of the roofline floor that the check's probe measured:
 
     FLOPs (fwd)   = 2 * tokens * (C*r + r*r + r*C)        the three GEMMs; the depthwise conv is noise
     FLOPs (f+b)   = 3 * FLOPs (fwd)                        backward = input + weight gradients
-    bytes (fwd)   = 2 * tokens * C * 2 B                   read x, write out (bf16)
-    bytes (f+b)   = 5 * tokens * C * 2 B                   + read dout, read x, write dx
-    floor         = max(FLOPs / 790 TFLOP/s, bytes / HBM bandwidth (H100 3.0 TB/s, H200 4.3 TB/s))
+    bytes (fwd)   = 2 * tokens * C * B                     read x, write out (B bytes per element)
+    bytes (f+b)   = 5 * tokens * C * B                     + read dout, read x, write dx
+    floor         = max(FLOPs / matmul rate, bytes / memory bandwidth)
 
-Speed-ups are ratios to the eager reference measured in the same run. Dropout is off (p = 0) so
-that every provider computes the same function; all inputs are random (not zero).
+Dropout is off (p = 0) so that every provider computes the same function; all inputs are random (not zero).
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
+from timing import interleaved
 
 from msta_fast.ops import extension
 from msta_fast.ops.parity import AdapterCase, make_inputs, relative_error
 from msta_fast.ops.reference import msta_adapter_ref
 
-PEAK_BF16_FLOPS = 790e12
-HBM_BYTES_PER_S = {"H200": 4.3e12, "H100": 3.0e12}
-
 CPU_CASES = {
     "video-B2-T8-7x7-C768-r128": AdapterCase(batch=2, width=768, dim=128, grid=(8, 7, 7), scale=0.005),
     "text-40x32-C512-r128": AdapterCase(batch=40, width=512, dim=128, text_tokens=32, scale=0.005),
 }
+# ViCLIP-B/16: batch 32 x (1 + 8 x 14 x 14) tokens, width 768; text: 400 prompts x 32 tokens, width 512.
 GPU_CASES = {
     f"{tower}-r{r}": case
     for r in (256, 128)
@@ -40,14 +39,14 @@ GPU_CASES = {
         ("text-400x32-C512", AdapterCase(batch=400, width=512, dim=r, text_tokens=32, scale=0.005)),
     )
 }
-needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="GPU benchmark: needs a CUDA device")
 
 
-def provider_op(name: str):
+def provider_op(name: str, compile_backend: str = "inductor"):
+    """The op of a provider: ``eager``, ``compile`` (``torch.compile`` of the reference), ``triton`` or ``ext``."""
     if name == "eager":
         return msta_adapter_ref
     if name == "compile":
-        return torch.compile(msta_adapter_ref)
+        return torch.compile(msta_adapter_ref, backend=compile_backend)
     if name == "triton":
         from msta_fast.kernels.msta_chain import msta_adapter_triton
 
@@ -86,67 +85,24 @@ def work(case: AdapterCase, phase: str, elem_bytes: int) -> tuple[float, float]:
 
 
 @pytest.mark.parametrize("phase", ["fwd", "fwd+bwd"])
-@pytest.mark.parametrize("provider", ["eager", "ext"])
 @pytest.mark.parametrize("case_name", list(CPU_CASES))
-def test_cpu_layer(benchmark, record_result, case_name, provider, phase):
-    """CPU, fp32: reference vs extension (parity checked first)."""
+def test_cpu_layer(benchmark, record_result, case_name, phase):
+    """CPU, fp32: eager, torch.compile and the extension in one run, round-robin (parity checked first); the
+    extension's own timing is pytest-benchmark's."""
     case = CPU_CASES[case_name]
     x, weights, residual = make_inputs(case, torch.float32, "cpu")
-    op = provider_op(provider)
-    err = relative_error(op(x, *weights, residual=residual, **case.options()),
-                         msta_adapter_ref(x, *weights, residual=residual, **case.options()))
-    assert err < 1e-5, f"{provider} differs from the reference: relative error {err:.3g}"
-    fn = step_fn(op, case, x, weights, residual, phase)
-    benchmark.pedantic(fn, rounds=10, warmup_rounds=2)
-    seconds = benchmark.stats.stats.median
-    flops, nbytes = work(case, phase, 4)
-    benchmark.extra_info.update(gflops=flops / seconds / 1e9)
-    record_result("msta_layer_cpu", case=case_name, provider=provider, phase=phase, dtype="fp32",
-                  median_ms=seconds * 1e3, gflop_s=flops / seconds / 1e9, gb_s=nbytes / seconds / 1e9,
-                  rel_err=err)
-
-
-@needs_gpu
-@pytest.mark.parametrize("phase", ["fwd", "fwd+bwd"])
-@pytest.mark.parametrize("case_name", list(GPU_CASES))
-def test_gpu_layer(benchmark, record_result, case_name, phase):
-    """GPU, bf16: every provider in one run; speed-ups relative to eager, roofline fraction."""
-    import triton.testing
-
-    torch.backends.cuda.matmul.allow_tf32 = False
-    case = GPU_CASES[case_name]
-    x, weights, residual = make_inputs(case, torch.bfloat16, "cuda")
-    with torch.no_grad():
-        gold = msta_adapter_ref(*(t.float() if t is not None else None for t in [x, *weights]),
-                                residual=residual.float(), **case.options())
-    flops, nbytes = work(case, phase, 2)
-    name = torch.cuda.get_device_name()
-    bandwidth = next((bw for key, bw in HBM_BYTES_PER_S.items() if key in name), HBM_BYTES_PER_S["H100"])
-    floor_s = max(flops / PEAK_BF16_FLOPS, nbytes / bandwidth)
-    times = {}
-    for provider in ("eager", "compile", "triton", "ext"):
+    want = msta_adapter_ref(x, *weights, residual=residual, **case.options())
+    fns, errors = {}, {}
+    for provider in ("eager", "compile", "ext"):
         op = provider_op(provider)
-        with torch.no_grad():
-            err = relative_error(op(x, *weights, residual=residual, **case.options()), gold)
-        fn = step_fn(op, case, x, weights, residual, phase)
-        fn()  # compile / autotune outside the timing
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        fn()
-        torch.cuda.synchronize()
-        peak_mb = (torch.cuda.max_memory_allocated() - base) / 2**20
-        ms = triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
-        times[provider] = ms
-        record_result("msta_layer_gpu", case=case_name, phase=phase, provider=provider, dtype="bf16", median_ms=ms,
-                      speedup_vs_eager=times["eager"] / ms, tflop_s=flops / (ms * 1e-3) / 1e12,
-                      gb_s=nbytes / (ms * 1e-3) / 1e9, roofline_fraction=floor_s / (ms * 1e-3),
-                      extra_peak_mb=peak_mb, rel_err_vs_fp32=err)
-    triton_step = step_fn(provider_op("triton"), case, x, weights, residual, phase)
-
-    def synced():
-        triton_step()
-        torch.cuda.synchronize()
-
-    benchmark.pedantic(synced, rounds=10, warmup_rounds=2)
-    benchmark.extra_info.update({f"{p}_ms": t for p, t in times.items()})
+        errors[provider] = relative_error(op(x, *weights, residual=residual, **case.options()), want)
+        assert errors[provider] < 1e-5, f"{provider} differs from the reference: relative error {errors[provider]:.3g}"
+        fns[provider] = step_fn(op, case, x, weights, residual, phase)
+    seconds = interleaved(fns, rounds=15, warmup=3)  # the warm-up rounds also compile
+    flops, nbytes = work(case, phase, 4)
+    for provider, s in seconds.items():
+        record_result("msta_layer_cpu", case=case_name, provider=provider, phase=phase, dtype="fp32",
+                      median_ms=s * 1e3, speedup_vs_eager=seconds["eager"] / s, gflop_s=flops / s / 1e9,
+                      gb_s=nbytes / s / 1e9, rel_err=errors[provider])
+    benchmark.extra_info.update({f"{p}_ms": s * 1e3 for p, s in seconds.items()})
+    benchmark.pedantic(fns["ext"], rounds=5, warmup_rounds=1)

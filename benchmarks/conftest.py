@@ -23,7 +23,8 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+# MSTA_FAST_BENCH_RESULTS: another folder (the device check collects a run's files in its own)
+RESULTS_DIR = Path(os.environ.get("MSTA_FAST_BENCH_RESULTS", Path(__file__).resolve().parent / "results"))
 _records: list[dict] = []
 
 
@@ -38,7 +39,7 @@ def environment() -> dict:
     """Device, versions and commit of this run."""
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=RESULTS_DIR.parent, check=False).stdout.strip() or None
+                                cwd=Path(__file__).resolve().parent, check=False).stdout.strip() or None
     except OSError:
         commit = None
     try:
@@ -85,7 +86,7 @@ def pytest_sessionfinish(session, exitstatus):
     if not _records:
         return
     env = environment()
-    RESULTS_DIR.mkdir(exist_ok=True)
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
     device = "gpu-" + "".join(c if c.isalnum() else "_" for c in env["device"]) if torch.cuda.is_available() else "cpu"
     for kind in sorted({r["kind"] for r in _records}):

@@ -1,7 +1,9 @@
 """The GPU benchmarks' building blocks, run on tiny CPU shapes (Triton in the interpreter), so that a GPU
-session spends its time measuring, not fixing a benchmark that drifted from the library's API."""
+session spends its time measuring, not fixing a benchmark that drifted from the library's API. (The whole device
+check runs in tests/test_device_check.py.)"""
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,11 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
 def load_benchmark(name: str):
-    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    """A module of benchmarks/ (``device/e2e`` for a device-check step), importing as it does when run there."""
+    for path in (BENCHMARKS, BENCHMARKS / "device"):
+        if str(path) not in sys.path:
+            sys.path.insert(0, str(path))
+    spec = importlib.util.spec_from_file_location(name.replace("/", "_"), BENCHMARKS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -33,7 +39,7 @@ def triton_backend(exact_fp32_reference):
 @pytest.mark.parametrize("backend", [None, "torch", "triton", "ext"])
 def test_training_step_of_the_end_to_end_benchmark(backend):
     """Each backend's step trains the adapters (they change); the frozen step reaches the input video."""
-    e2e = load_benchmark("bench_msta_e2e")
+    e2e = load_benchmark("device/e2e")
     step = e2e.build_step(backend, 16, name="viclip-tiny", device="cpu", batch=2, classes=4)
     if backend is None:
         step()
