@@ -5,6 +5,11 @@ keeps its module tree and parameter names: its checkpoints still load, and the n
 that differ. What was done is recorded on the model (``model.msta_fast_patch``, a
 :class:`~msta_fast.methods.base.PatchState`) for ``unpatch``, ``save_adapters`` and ``disable_adapters``. The
 method itself (its options, modules and hooks) comes from the registry: nothing here depends on which it is.
+
+A tower that runs its blocks under reentrant activation checkpointing (the official InternVideo ViCLIP's vision
+tower does, always) would give the adapters inside no gradient; ``patch`` switches it to non-reentrant
+checkpointing of the same blocks, says so in a log warning, and ``unpatch`` switches it back
+(:func:`msta_fast.methods.towers.nonreentrant_checkpointing`).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from torch.nn.utils import parametrize
 
 from msta_fast.methods.base import STATE_ATTR, MethodConfig, PatchState, patch_state
 from msta_fast.methods.registry import get_method
-from msta_fast.methods.towers import find_towers
+from msta_fast.methods.towers import find_towers, nonreentrant_checkpointing
 
 
 def patch(model: nn.Module, method: str = "msta", config: MethodConfig | None = None, **options) -> nn.Module:
@@ -50,6 +55,8 @@ def patch(model: nn.Module, method: str = "msta", config: MethodConfig | None = 
         reference = next(model.parameters())
         container = attachment.container.to(device=reference.device, dtype=reference.dtype)
         model.add_module(attachment.name, container.train(model.training))  # new modules follow the model's mode
+    if spec.trains:
+        attachment.handles += nonreentrant_checkpointing(towers)
     names = [n for n, p in model.named_parameters() if attachment.trains_everything or id(p) not in before]
     state.adapter_names = names
     trainable = set(names)

@@ -103,10 +103,10 @@ def test_masks_from_row_seeds_do_not_depend_on_the_batch():
         mask_tokens(ids, words, row_seeds=seeds[:3])
 
 
-def objective_setup(heads=None, seed=0):
+def objective_setup(heads=None, seed=0, **options):
     torch.manual_seed(seed)
     model = tiny_viclip()
-    msta_fast.patch(model, "m2clip", dim=32, **head_options(CLASSES, heads))
+    msta_fast.patch(model, "m2clip", dim=32, **head_options(CLASSES, heads), **options)
     return model, M2CLIPObjective(model, CLASSES, heads)
 
 
@@ -174,8 +174,11 @@ def test_mlm_head_looks_at_the_video_and_learns():
     assert sum(losses[-3:]) / 3 < 0.7 * sum(losses[:3]) / 3, losses
 
 
-def test_gradients_of_the_objective_reach_every_adapter_and_nothing_else():
-    model, objective = objective_setup()
+@pytest.mark.parametrize("options", [dict(), dict(pre_attn=True, text_layers="all"), dict(mask_embedding=False)],
+                         ids=["k400", "ssv2", "word_mask"])
+def test_gradients_of_the_objective_reach_every_adapter_and_nothing_else(options):
+    model, objective = objective_setup(**options)
+    assert (model.m2clip_adapters.decoder.adapter_attn is not None) == bool(options.get("pre_attn"))
     with torch.no_grad():
         for p in msta_fast.adapter_parameters(model).values():
             p.normal_(std=0.1)

@@ -32,7 +32,7 @@ from .dataset import VideoDataset
 from .decode import PyAVSource
 from .items import ClipOptions, black_clip, item_fields, read_or_replace, read_or_skip
 from .lists import Sample
-from .sampling import segment_indices, split_view
+from .sampling import split_view
 from .transforms import AugmentParams, apply_color, eval_crops, normalize, sample_train_params
 from .video_loader import VideoLoader
 
@@ -98,7 +98,7 @@ class DaliVideoLoader(VideoLoader):
             rng = np.random.default_rng(seed)
             result = read_or_replace(self._probe, index, rng, len(self.samples), strict=o.strict)
             count, height, width, turns, encoded = result.value
-            frames = segment_indices(count, o.num_frames, train=True, rng=rng)
+            frames = o.frames(count, rng=rng)
             if o.augment:
                 params = sample_train_params(height, width, rng, p_flip=o.flip_prob)
             else:
@@ -112,7 +112,7 @@ class DaliVideoLoader(VideoLoader):
         if result.value is None:
             return _Item(key, fields)
         count, height, width, turns, encoded = result.value
-        frames = segment_indices(count, o.num_frames, train=False, clip=clip, num_clips=o.num_clips)
+        frames = o.frames(count, clip=clip)
         return _Item(key, fields, encoded, frames, eval_crops(height, width, o.size, o.num_crops)[crop], None, turns,
                      (height, width))
 

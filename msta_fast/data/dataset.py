@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from .decode import check_backend, open_video
 from .items import ClipOptions, black_clip, item_fields, read_or_replace, read_or_skip, video_path
 from .lists import Sample
-from .sampling import item_seed, segment_indices, split_view
+from .sampling import item_seed, split_view
 from .transforms import eval_transform, train_transform
 from .video_loader import VideoLoader
 
@@ -67,7 +67,7 @@ class VideoDataset(Dataset):
 
         def read(i: int) -> torch.Tensor:
             with self._open(i) as video:
-                return video.read(segment_indices(video.num_frames, o.num_frames, train=True, rng=rng))
+                return video.read(o.frames(video.num_frames, rng=rng))
 
         result = read_or_replace(read, index, rng, len(self.samples), strict=o.strict)
         if o.augment:
@@ -94,8 +94,7 @@ class VideoDataset(Dataset):
         if self._last_clip is not None and self._last_clip[0] == key:
             return self._last_clip[1]
         with self._open(index) as video:
-            idx = segment_indices(video.num_frames, self.options.num_frames, train=False, clip=clip_id,
-                                  num_clips=self.options.num_clips)
+            idx = self.options.frames(video.num_frames, clip=clip_id)
             frames = video.read(idx)
         self._last_clip = (key, frames)
         return frames

@@ -43,6 +43,8 @@ def build_loader(
     mean: tuple[float, float, float] = IMAGENET_MEAN,
     std: tuple[float, float, float] = IMAGENET_STD,
     strict: bool = False,
+    sampling: str = "segments",
+    frame_stride: int = 16,
     loader: str = "auto",
     backend: str = "decord",
     device: str | torch.device = "cpu",
@@ -64,6 +66,8 @@ def build_loader(
         augment, flip_prob: the paper's training augmentation (off: the centre crop), its flip probability.
         mean, std: normalisation (``CLIP_MEAN``/``CLIP_STD`` for OpenAI CLIP weights).
         strict: raise on an unreadable video instead of replacing it (``items`` says how).
+        sampling, frame_stride: which frames: "segments" (T equal segments) or "stride" (T frames
+            ``frame_stride`` apart), see ``sampling.frame_indices``.
         loader: ``"torch"`` (DataLoader with ``num_workers`` processes decoding with ``backend``: ``"decord"``,
             ``"pyav"``, ``"torchcodec"``, or ``"dali"`` on the CPU), ``"dali"`` (DALI decodes whole batches on
             ``device`` with ``num_threads`` threads: NVDEC on a GPU; VP8/VP9/MJPEG on the CPU), or ``"auto"`` (DALI
@@ -88,7 +92,8 @@ def build_loader(
     if loader == "auto":
         loader = "dali" if device == "cuda" and dali_installed() else "torch"
     options = ClipOptions(train=train, num_frames=num_frames, size=size, num_clips=num_clips, num_crops=num_crops,
-                          seed=seed, augment=augment, flip_prob=flip_prob, mean=mean, std=std, strict=strict)
+                          seed=seed, augment=augment, flip_prob=flip_prob, mean=mean, std=std, strict=strict,
+                          sampling=sampling, frame_stride=frame_stride)
     if loader == "dali":
         return DaliVideoLoader(samples, data_root, options, batch_size=batch_size, device=device,
                                num_threads=num_threads, rank=rank, world_size=world_size)

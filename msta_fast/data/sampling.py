@@ -1,8 +1,9 @@
 """Which frames, which views, which videos on which rank.
 
-- Frames: the video is split into T equal segments; training takes a random frame from each, testing the middle
-  one (clip ``c`` of ``C`` shifts the pick to ``(c + 0.5) / C`` of the segment). A video shorter than T frames
-  repeats frames.
+- Frames (``frame_indices``): "segments" (the paper's): the video is split into T equal segments; training takes
+  a random frame from each, testing the middle one (clip ``c`` of ``C`` shifts the pick to ``(c + 0.5) / C`` of the
+  segment). A video shorter than T frames repeats frames. "stride" (M2-CLIP's K-400 recipe): T frames ``stride``
+  apart from a random start in training, from starts spread evenly over the video in testing.
 - Views: multi-view testing scores C temporal clips x ``num_crops`` spatial crops of every video; the view index
   is ``clip * num_crops + crop``.
 - Ranks: ``TrainSampler`` shuffles deterministically per (seed, epoch), shards across ranks and can resume
@@ -48,6 +49,56 @@ def segment_indices(
         offsets = np.full(num_segments, segment * (clip + 0.5) / num_clips)
     # floor keeps the pick inside its segment; with fewer frames than segments frames repeat.
     return np.minimum(np.floor(starts + offsets).astype(np.int64), num_frames - 1)
+
+
+def stride_indices(
+    num_frames: int,
+    num_samples: int,
+    stride: int,
+    *,
+    train: bool,
+    rng: np.random.Generator | None = None,
+    clip: int = 0,
+    num_clips: int = 1,
+) -> np.ndarray:
+    """Frame indices of one clip of ``num_samples`` frames ``stride`` apart -> int64 ``(num_samples,)``.
+
+    The clip spans ``(num_samples - 1) * stride + 1`` frames. Training: it starts at a uniformly random frame; in a
+    video too short for it, the indices that fall past the end repeat the last one inside. Testing: clip ``c`` of
+    ``C`` starts at ``round(c * slack / (C - 1))`` (``slack // 2`` for one clip), ``slack`` being the frames the
+    video has beyond the span (0 if none); indices past the end take the last frame.
+    """
+    if num_frames < 1:
+        raise ValueError(f"a video needs at least one frame, got num_frames={num_frames}")
+    if stride < 1:
+        raise ValueError(f"stride must be >= 1, got {stride}")
+    if not 0 <= clip < num_clips:
+        raise ValueError(f"clip {clip} out of range for num_clips={num_clips}")
+    offsets = np.arange(num_samples, dtype=np.int64) * stride
+    span = int(offsets[-1]) + 1
+    if train:
+        if rng is None:
+            raise ValueError("training sampling needs rng=np.random.Generator")
+        if span >= num_frames:
+            inside = offsets[offsets < num_frames]
+            return np.concatenate([inside, np.full(num_samples - len(inside), inside[-1])])
+        return int(rng.integers(num_frames - span + 1)) + offsets
+    slack = max(num_frames - span, 0)
+    start = slack // 2 if num_clips == 1 else round(slack * clip / (num_clips - 1))
+    return np.minimum(start + offsets, num_frames - 1)
+
+
+SAMPLINGS = ("segments", "stride")
+
+
+def frame_indices(num_frames: int, num_samples: int, *, train: bool, sampling: str = "segments", stride: int = 16,
+                  rng: np.random.Generator | None = None, clip: int = 0, num_clips: int = 1) -> np.ndarray:
+    """The frames of one clip by ``sampling``: :func:`segment_indices` or :func:`stride_indices` (``stride``)."""
+    if sampling == "segments":
+        return segment_indices(num_frames, num_samples, train=train, rng=rng, clip=clip, num_clips=num_clips)
+    if sampling == "stride":
+        return stride_indices(num_frames, num_samples, stride, train=train, rng=rng, clip=clip, num_clips=num_clips)
+    raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
 
 
 def rank_and_world(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:

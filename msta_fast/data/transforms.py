@@ -21,6 +21,7 @@ from msta_fast.constants import IMAGENET_MEAN, IMAGENET_STD
 
 SCALES = (1.0, 0.875, 0.75, 0.66)
 JITTER = {"brightness": 0.4, "contrast": 0.4, "saturation": 0.2, "hue": 0.1}
+CROP_POSITIONS = {1: (0.5,), 3: (0.0, 0.5, 1.0), 4: (0.0, 0.25, 0.5, 1.0)}  # test crops, fractions of the margin
 
 
 @dataclass
@@ -62,12 +63,13 @@ def sample_train_params(height: int, width: int, rng: np.random.Generator, *, p_
 def eval_crops(height: int, width: int, size: int, num_crops: int) -> list[tuple[int, int, int, int]]:
     """Crop boxes ``(top, left, h, w)`` in the decoded frame, after a short-side resize to ``size``, mapped back.
 
-    ``num_crops`` 1: centre; 3: start, centre and end of the long side (left/centre/right for landscape).
+    ``num_crops`` 1: centre; 3: start, centre and end of the long side (left/centre/right for landscape); 4: at 0,
+    1/4, 1/2 and all of the margin along the long side (M2-CLIP's 4 spatial views).
     """
-    if num_crops not in (1, 3):
-        raise ValueError(f"num_crops must be 1 or 3, got {num_crops}")
+    if num_crops not in CROP_POSITIONS:
+        raise ValueError(f"num_crops must be one of {sorted(CROP_POSITIONS)}, got {num_crops}")
     side = min(height, width)  # the crop is a square of the short side, which resizes to size x size
-    positions = [0.5] if num_crops == 1 else [0.0, 0.5, 1.0]
+    positions = CROP_POSITIONS[num_crops]
     boxes = []
     for p in positions:
         top = round((height - side) * p) if height > width else (height - side) // 2

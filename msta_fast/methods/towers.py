@@ -6,11 +6,15 @@ official InternVideo ViCLIP module, and an open_clip CLIP (consecutive images be
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint, checkpoint_sequential
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -20,7 +24,8 @@ class Tower:
     ``layout``: "viclip" (B, 1 + H*W*T, D) or "frames" (B*T, 1 + H*W, D) for the vision tower, None for text.
     ``seq_first``: the blocks take (L, B, D) (the official ViCLIP code). ``grid_module``: the vision module
     whose input (B, 3, T, H, W) or (B*T, 3, H, W) tells the patch grid; ``frames_module`` (frame-wise CLIP
-    only): a module whose input (B, T, 3, H, W) tells the frames per clip.
+    only): a module whose input (B, T, 3, H, W) tells the frames per clip. ``container``: the module that holds
+    ``blocks`` as ``resblocks`` and runs them.
     """
 
     name: str
@@ -31,6 +36,7 @@ class Tower:
     grid_module: nn.Module | None = None
     frames_module: nn.Module | None = None
     patch_size: int = 0
+    container: nn.Module | None = None
 
 
 class Towers(NamedTuple):
@@ -65,7 +71,7 @@ def find_towers(model: nn.Module) -> Towers:
     """(vision, text) towers of a supported model, or a clear error."""
     frames_module = None
     if hasattr(model, "vision_encoder") and hasattr(model, "text_encoder"):  # ViCLIP, ours or official
-        vis, txt = model.vision_encoder.transformer.resblocks, model.text_encoder.transformer.resblocks
+        vis_container, txt_container = model.vision_encoder.transformer, model.text_encoder.transformer
         layout, grid_module = "viclip", model.vision_encoder
     else:
         clip = getattr(model, "clip", model)  # msta_fast's FrameCLIP wraps an open_clip CLIP
@@ -74,13 +80,80 @@ def find_towers(model: nn.Module) -> Towers:
                 f"cannot patch {type(model).__name__}: expected a ViCLIP (vision_encoder / text_encoder), "
                 "a msta_fast FrameCLIP or an open_clip CLIP (visual / transformer)"
             )
-        vis, txt = clip.visual.transformer.resblocks, clip.transformer.resblocks
+        vis_container, txt_container = clip.visual.transformer, clip.transformer
         layout, grid_module = "frames", clip.visual
         frames_module = getattr(model, "flatten_frames", None)
+    vis, txt = vis_container.resblocks, txt_container.resblocks
     patch_size = grid_module.conv1.kernel_size[-1]
-    vision = Tower("vision", vis, _width(vis), layout, _seq_first(vis), grid_module, frames_module, patch_size)
-    text = Tower("text", txt, _width(txt), None, _seq_first(txt))
+    vision = Tower("vision", vis, _width(vis), layout, _seq_first(vis), grid_module, frames_module, patch_size,
+                   vis_container)
+    text = Tower("text", txt, _width(txt), None, _seq_first(txt), container=txt_container)
     return Towers(vision, text)
+
+
+class _RestoreForward:
+    """Handle of :func:`nonreentrant_checkpointing` for one container: ``remove()`` gives it back its forward."""
+
+    def __init__(self, container: nn.Module):
+        self.container = container
+        self.previous = container.__dict__.get("forward")  # an instance-level forward of the user's, if any
+
+    def remove(self) -> None:
+        if self.previous is None:
+            self.container.__dict__.pop("forward", None)
+        else:
+            self.container.__dict__["forward"] = self.previous
+
+
+def _nonreentrant_forward(container: nn.Module):
+    """The official ViCLIP Transformer's ``forward(x)`` with ``use_reentrant=False``: the first ``checkpoint_num``
+    blocks of a ``ModuleList`` checkpointed one by one (the vision tower), or ``checkpoint_sequential`` over
+    ``min(checkpoint_num, L)`` segments for an ``nn.Sequential`` (the text tower). ``checkpoint_num`` is read per
+    call, as the original does; without autograd the blocks run plainly (nothing to save)."""
+    blocks = container.resblocks
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        count = container.checkpoint_num
+        if not torch.is_grad_enabled() or count <= 0:
+            for block in blocks:
+                x = block(x)
+            return x
+        if isinstance(blocks, nn.Sequential):
+            return checkpoint_sequential(blocks, min(count, len(blocks)), x, use_reentrant=False)
+        for i, block in enumerate(blocks):
+            x = checkpoint(block, x, use_reentrant=False) if i < count else block(x)
+        return x
+
+    return forward
+
+
+def nonreentrant_checkpointing(towers: Towers) -> list[_RestoreForward]:
+    """Make the towers whose blocks run under *reentrant* activation checkpointing use the non-reentrant kind.
+
+    The official InternVideo ViCLIP hard-codes ``vision_encoder_checkpoint_num = 24``: its vision Transformer
+    (``checkpoint_num`` > 0) runs every block through ``torch.utils.checkpoint.checkpoint(blk, x)`` without
+    ``use_reentrant``, which is the reentrant kind. Its input comes from the frozen stem and does not require
+    grad, so nothing inside the blocks (adapters, LoRA's factors, what a hook captures) gets a gradient. The same
+    blocks are checkpointed non-reentrantly instead: the same memory saving, and the gradients of an unpatched
+    forward. Logs a warning naming what changed; returns handles whose ``remove()`` restores the original forward.
+    Containers without ``checkpoint_num`` (msta_fast's, open_clip's: both non-reentrant already) are left alone.
+    """
+    handles, changed = [], []
+    for tower in towers:
+        container = tower.container
+        count = getattr(container, "checkpoint_num", 0)
+        if not (isinstance(count, int) and count > 0 and hasattr(container, "resblocks")):
+            continue
+        handles.append(_RestoreForward(container))
+        container.forward = _nonreentrant_forward(container)
+        changed.append(f"{tower.name} tower ({type(container).__name__}, checkpoint_num={count})")
+    if changed:
+        log.warning(
+            "patch: %s checkpoints its blocks with reentrant activation checkpointing, under which the adapters "
+            "inside them get no gradient (the blocks' input does not require grad); they now run with "
+            "non-reentrant checkpointing (the same blocks, the same memory saving); unpatch restores it",
+            " and ".join(changed))
+    return handles
 
 
 def adapted_blocks(tower: Tower, start_layer: int) -> range:

@@ -24,6 +24,7 @@ def _common(cfg: dict, info: DistInfo) -> dict:
     if d["loader"] == "dali" and info.device.type != "cuda":
         raise RuntimeError("data.loader=dali needs a CUDA device and nvidia-dali (pip install msta-fast[dali])")
     return dict(num_frames=cfg["model"]["num_frames"], size=cfg["model"]["image_size"], strict=d["strict"],
+                sampling=d["sampling"], frame_stride=d["frame_stride"],
                 loader=d["loader"], backend=d["backend"], device=info.device, num_workers=d["num_workers"],
                 decode_timeout=d["decode_timeout"],
                 rank=info.rank, world_size=info.world_size)

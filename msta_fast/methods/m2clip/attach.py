@@ -62,7 +62,8 @@ def build_adapters(towers: Towers, config: M2CLIPConfig) -> M2CLIPAdapters:
         adapters.head = VisualHead(vision.width, config.num_classes, config.head_dropout)
     if config.mlm_vocab is not None:
         adapters.decoder = MLMDecoder(text.width, embed_dim(vision), config.mlm_vocab, config.dim,
-                                      config.zero_init_text)
+                                      config.zero_init_text, pre_attn=config.pre_attn,
+                                      mask_embedding=config.mask_embedding)
     return adapters
 
 

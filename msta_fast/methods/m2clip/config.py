@@ -11,13 +11,17 @@ from msta_fast.methods.base import MethodConfig, check, check_dim, check_probabi
 @dataclass
 class M2CLIPConfig(MethodConfig):
     """``dim``: Ca; TED-Adapters before the MLP of vision blocks ``start_layer .. L``; ``pre_attn``: before
-    attention too (the SSv2 variant); ``text_layers``: text adapters in the top ``text_layers`` blocks ("all" for
-    the SSv2 variant); ``num_classes``: the visual classification head's classes (None: no head);
+    attention too (the SSv2 variant, in both towers and the MLM block); ``text_layers``: text adapters in the top
+    ``text_layers`` blocks of the text tower ("all" for the SSv2 variant), and in the MLM block whenever there is
+    an MLM head (the release counts that block among its 13 text blocks: its 2 adapted blocks are
+    ``text_layers=1``); ``num_classes``: the visual classification head's classes (None: no head);
     ``head_dropout``; ``frame_adapter``: the frame-level temporal adapter where per-frame embeddings exist
-    (frame-wise CLIP); ``zero_init_text``: text adapters start at zero so the patched model starts equal to the
-    original (False: the released code's default initialisation); ``mlm_vocab``: the size of the word list of
-    the masked-language-modelling head (None: no MLM head); ``num_frames``: frames per clip for a raw open_clip
-    CLIP. :func:`msta_fast.methods.m2clip.head_options` gives ``num_classes`` and ``mlm_vocab`` for class names.
+    (frame-wise CLIP); ``zero_init_text``: the text adapters' second linear starts at zero, so the patched model
+    starts equal to the original (False: PyTorch's default initialisation, as the release); ``mlm_vocab``: the
+    size of the word list of the masked-language-modelling head (None: no MLM head); ``mask_embedding``: masked
+    caption tokens become a learned mask embedding (False: the frozen embedding of the word "mask", which is what
+    the release's masking code writes); ``num_frames``: frames per clip for a raw open_clip CLIP.
+    :func:`msta_fast.methods.m2clip.head_options` gives ``num_classes`` and ``mlm_vocab`` for class names.
     """
 
     method: ClassVar[str] = "m2clip"
@@ -25,12 +29,13 @@ class M2CLIPConfig(MethodConfig):
     start_layer: int = 1
     towers: tuple[str, ...] = ("vision", "text")
     pre_attn: bool = False
-    text_layers: int | str = 2
+    text_layers: int | str = 1
     num_classes: int | None = None
     head_dropout: float = 0.5
     frame_adapter: bool = True
     zero_init_text: bool = True
     mlm_vocab: int | None = None
+    mask_embedding: bool = True
     num_frames: int | None = None
 
     def validate(self) -> None:

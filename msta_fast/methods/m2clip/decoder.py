@@ -4,10 +4,10 @@ A 13th text block, copied from the 12th, cross-attends from the caption tokens t
 visual embeddings; ``ln_final``; a BERT-style prediction head over the word list of the class names.
 The copied block is frozen, as every backbone weight: a frozen copy of a frozen block is the block
 itself, so the decoder calls the text tower's last block (its attention as cross-attention) rather
-than holding a second copy of its weights. What trains: the mask embedding, a text adapter before the
-block's MLP (the released code adapts the 13th block as the last two of the text tower), the
-prediction head, and a projection of the visual embeddings where their width differs from the text
-width.
+than holding a second copy of its weights. What trains: the mask embedding (unless the word "mask" stands
+in for it), a text adapter before the block's MLP and, in the SSv2 variant, one before its attention (the
+release adapts the 13th block as one of its text blocks), the prediction head, and a projection of the
+visual embeddings where their width differs from the text width.
 """
 
 from __future__ import annotations
@@ -43,10 +43,15 @@ class MLMHead(nn.Module):
 class MLMDecoder(nn.Module):
     """The trainable parts of the MLM head (see the module docstring)."""
 
-    def __init__(self, text_width: int, embed_dim: int, vocab: int, adapter_dim: int, zero_init_adapter: bool = True):
+    def __init__(self, text_width: int, embed_dim: int, vocab: int, adapter_dim: int, zero_init_adapter: bool = True,
+                 *, pre_attn: bool = False, mask_embedding: bool = True):
         super().__init__()
-        self.mask_embedding = nn.Parameter(torch.randn(text_width) * 0.02)
+        if mask_embedding:
+            self.mask_embedding = nn.Parameter(torch.randn(text_width) * 0.02)
+        else:
+            self.register_parameter("mask_embedding", None)
         self.adapter = TextAdapter(text_width, adapter_dim, zero_init_adapter)
+        self.adapter_attn = TextAdapter(text_width, adapter_dim, zero_init_adapter) if pre_attn else None
         self.visual_proj = nn.Linear(embed_dim, text_width) if embed_dim != text_width else None
         self.head = MLMHead(text_width, vocab)
 
@@ -58,7 +63,7 @@ class MLMDecoder(nn.Module):
         if not hasattr(block, CROSS_FORWARD):
             raise RuntimeError("the text tower's last block has no decoder method: patch the model with mlm_vocab")
         memory = self.visual_proj(frames) if self.visual_proj is not None else frames
-        x = getattr(block, CROSS_FORWARD)(text_tokens, memory, self.adapter)
+        x = getattr(block, CROSS_FORWARD)(text_tokens, memory, self.adapter, self.adapter_attn)
         return self.head(text_module(model, "ln_final")(x))
 
     def attach(self, block: nn.Module):
@@ -73,9 +78,13 @@ class MLMDecoder(nn.Module):
 CROSS_FORWARD = "m2clip_cross_forward"
 
 
-def cross_forward(block: nn.Module, text_tokens: torch.Tensor, memory: torch.Tensor, adapter: nn.Module):
-    """The 13th block on the weights of ``block`` (bound as its method ``m2clip_cross_forward``):
-    cross-attention from the caption tokens (N, L, Dt) to ``memory`` (N, T, Dt), the adapter, the MLP."""
+def cross_forward(block: nn.Module, text_tokens: torch.Tensor, memory: torch.Tensor, adapter: nn.Module,
+                  adapter_attn: nn.Module | None = None):
+    """The 13th block on the weights of ``block`` (bound as its method ``m2clip_cross_forward``): the
+    pre-attention adapter (the SSv2 variant; on the caption tokens only), cross-attention from the caption tokens
+    (N, L, Dt) to ``memory`` (N, T, Dt), the adapter, the MLP."""
+    if adapter_attn is not None:
+        text_tokens = adapter_attn(text_tokens)
     attended = _cross_attention(block, block.ln_1(text_tokens), block.ln_1(memory))
     x = text_tokens + _layer_scale(block, "ls_1", attended)
     x = adapter(x)

@@ -6,7 +6,8 @@
   labels; the target marks every same-label pair as positive (rows normalised), and the loss is the KL divergence
   from the target to the softmax, both ways. Under ``torch.distributed`` the batch is the global one (every rank's
   videos, gathered with their gradients), so that N processes train as one process on the same global batch;
-- cross-modal classification head: cross-entropy of the video against all class texts;
+- cross-modal classification head: cross-entropy of the video against all class texts (of the logits; the
+  release's double softmax with ``double_softmax``);
 - visual classification head: cross-entropy of the visual head on the frame-averaged class token;
 - masked language modelling: cross-entropy over the masked class-name tokens of the captions.
 
@@ -29,7 +30,14 @@ from msta_fast.methods.base import Encoded, Objective, OptionError, patch_state,
 from msta_fast.methods.m2clip.adapters import M2CLIPAdapters
 from msta_fast.methods.m2clip.config import M2CLIPConfig
 from msta_fast.methods.m2clip.decoder import text_token_features
-from msta_fast.methods.m2clip.words import IGNORE_INDEX, WordList, class_name_positions, mask_tokens
+from msta_fast.methods.m2clip.words import (
+    IGNORE_INDEX,
+    MASK_WORD,
+    WordList,
+    class_name_positions,
+    mask_tokens,
+    word_token_id,
+)
 from msta_fast.methods.towers import find_towers, in_tower_order
 from msta_fast.models.tokenizer import tokenize
 
@@ -38,7 +46,9 @@ PROMPT = "A video of {}"  # method.md section 5; "{}" is the class name, as in t
 
 @dataclass
 class M2CLIPLossOptions:
-    """Which heads of the decoder train, the MLM mask probability and the MLM term's weight."""
+    """Which heads of the decoder train, the MLM mask probability and the MLM term's weight; ``double_softmax``:
+    the cross-modal classification term takes the cross-entropy of ``softmax(cos / temp)`` instead of the logits,
+    as the release does (a second softmax, which bounds the term and flattens its gradient)."""
 
     contrastive: bool = True
     text_ce: bool = True
@@ -46,6 +56,7 @@ class M2CLIPLossOptions:
     mlm: bool = True
     mask_prob: float = 0.15
     mlm_weight: float = 0.1
+    double_softmax: bool = False
 
     def __post_init__(self):
         if not (self.contrastive or self.text_ce or self.visual_ce or self.mlm):
@@ -196,6 +207,8 @@ class M2CLIPObjective(Objective):
         candidates = self.targets.to(labels.device)[labels]
         ids, replace, targets = mask_tokens(ids, self.words, self.options.mask_prob, None, candidates, item_seeds)
         decoder = self.adapters.decoder
+        if decoder.mask_embedding is None:  # the word "mask" in place of the masked tokens, as the release
+            ids, replace = torch.where(replace, word_token_id(MASK_WORD), ids), None
         tokens = text_token_features(self.model, ids, replace, decoder.mask_embedding)
         logits = decoder(self.model, tokens, frame_embeddings(self.model, features).to(tokens.dtype))
         if (targets == IGNORE_INDEX).all():
@@ -211,7 +224,8 @@ class M2CLIPObjective(Objective):
             logits = similarity_logits(videos, encoded.text[video_labels], encoded.temp)
             parts["contrastive"] = contrastive_kl_loss(logits, video_labels)
         if o.text_ce:
-            parts["text_ce"] = F.cross_entropy(similarity_logits(encoded.video, encoded.text, encoded.temp), labels)
+            logits = similarity_logits(encoded.video, encoded.text, encoded.temp)
+            parts["text_ce"] = F.cross_entropy(logits.softmax(dim=-1) if o.double_softmax else logits, labels)
         text_terms = [parts[k] for k in ("contrastive", "text_ce") if k in parts]
         total = torch.stack(text_terms).mean() if text_terms else encoded.video.new_zeros(())
         if o.visual_ce:

@@ -12,6 +12,16 @@ import torch
 from msta_fast.models.tokenizer import CONTEXT_LENGTH, tokenize
 
 IGNORE_INDEX = -100  # cross_entropy's default: positions that carry no label
+MASK_WORD = "mask"  # what the release's masking code writes in place of a masked word
+
+
+def word_token_id(word: str) -> int:
+    """The token id of a word that the tokenizer keeps whole (an error otherwise)."""
+    ids = tokenize([word])[0]
+    pieces = ids[1 : ids.argmax()]  # between start and end of text (the largest id)
+    if len(pieces) != 1:
+        raise ValueError(f"{word!r} is {len(pieces)} tokens, not one")
+    return int(pieces[0])
 
 
 class WordList:

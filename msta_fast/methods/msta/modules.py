@@ -87,10 +87,12 @@ def check_grid(tokens: torch.Tensor, grid: tuple[int, int, int], layout: str) ->
     if tokens.shape[1] != 1 + per_row or (layout == "frames" and tokens.shape[0] % T):
         hint = ""
         if layout == "viclip" and tokens.shape[1] < 1 + per_row:
-            # The official ViCLIP's encode_vision(x) defaults to test=False, which drops 90% of the tokens.
-            hint = (": fewer tokens than the grid holds, as when the video tower masks tokens (the official "
-                    "ViCLIP's encode_vision(x, test=False) keeps 10%); the temporal adapters need every token, "
-                    "call encode_vision(x, test=True) (masking_prob=0)")
+            hint = (f": {tokens.shape[1] - 1} of the grid's {per_row} patch tokens, as when the video tower masks "
+                    "tokens. The official ViCLIP's encode_vision(x) defaults to test=False, which keeps only 10% of "
+                    "them (masking_prob 0.9, its pre-training setting), in eval mode too. The temporal adapters "
+                    "(MSTA's convolution, M2-CLIP's TED-Adapters) need the whole (T, H, W) grid: call "
+                    "encode_vision(x, test=True), or set model.masking_prob = 0.0 to turn the masking off for every "
+                    "call (LoRA and AdaptFormer, which adapt each token on its own, do train with masking)")
         raise ValueError(f"video tokens of shape {tuple(tokens.shape)} do not fit a class token plus a {tuple(grid)} "
                          f"grid in the {layout!r} layout{hint}")
 
