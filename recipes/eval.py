@@ -24,6 +24,7 @@ from msta_fast.training.jobs import Job, folder_data, plan_jobs
 from msta_fast.training.results import markdown_table
 from msta_fast.training.sources import load_backbone, resolve_sources
 from msta_fast.training.step import TrainStep
+from msta_fast.training.unreadable import UnreadableVideosError
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 
@@ -100,5 +101,5 @@ def main(argv: list[str] | None = None) -> dict:
 if __name__ == "__main__":
     try:
         main()
-    except (ConfigError, FileNotFoundError) as e:
+    except (ConfigError, FileNotFoundError, UnreadableVideosError) as e:
         sys.exit(f"error: {e}")

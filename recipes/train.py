@@ -78,12 +78,13 @@ import json  # noqa: E402
 import math  # noqa: E402
 import shutil  # noqa: E402
 import time  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
 
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
 from msta_fast.adapter_io import load_adapters, save_adapters  # noqa: E402
+from msta_fast.collectives import gather_batch  # noqa: E402
 from msta_fast.data.lists import write_list  # noqa: E402
 from msta_fast.methods import get_method  # noqa: E402
 from msta_fast.patching import count_trainable, patch  # noqa: E402
@@ -120,6 +121,11 @@ from msta_fast.training.schedule import build_optimizer, build_scheduler  # noqa
 from msta_fast.training.sources import load_backbone, resolve_sources  # noqa: E402
 from msta_fast.training.step import TrainStep  # noqa: E402
 from msta_fast.training.throughput import EpochTimer, stall_hint  # noqa: E402
+from msta_fast.training.unreadable import (  # noqa: E402
+    UnreadableVideosError,
+    record_unreadable,
+    unreadable_summary,
+)
 
 
 def parse_args(argv: list[str] | None = None) -> dict:
@@ -198,7 +204,7 @@ def run_job(method: str, cfg: dict, job: Job, backbone: Path, info: DistInfo, ru
         outcome = train(wrapper, cfg, job, info, job_dir, logger, label=f"{method}/{job.name}")
     else:
         outcome = {"evals": evaluate_lists(wrapper, job.evals, cfg, info, label=f"eval {method}/{job.name}",
-                                           out_dir=job_dir / "evals"), "best_epoch": None}
+                                           out_dir=job_dir / "evals", run_dir=run_dir), "best_epoch": None}
     outcome["trainable_parameters"] = count_trainable(model)
     for name, metrics in outcome["evals"].items():
         logger.log(f"eval/{method}/{job.name}", 0, name=name, **metrics)
@@ -211,7 +217,8 @@ def run_job(method: str, cfg: dict, job: Job, backbone: Path, info: DistInfo, ru
 @dataclass
 class Progress:
     """What the loop has done, saved in every checkpoint: the optimizer steps taken, the epoch in progress (or
-    just finished, ``epoch_done``), the best selection accuracy and its epoch, and the sampler position."""
+    just finished, ``epoch_done``), the best selection accuracy and its epoch, the sampler position, the listed
+    videos this rank could not read so far in the epoch, and the count of unreadable videos of every epoch."""
 
     step: int = 0
     epoch: int = 0
@@ -219,6 +226,8 @@ class Progress:
     best: float = -1.0
     best_epoch: int = -1
     sampler: dict | None = None
+    unreadable: list[int] = field(default_factory=list)
+    unreadable_per_epoch: list[int] = field(default_factory=list)
 
 
 def train(wrapper, cfg: dict, job: Job, info: DistInfo, job_dir: Path, logger: MetricsLogger, label: str) -> dict:
@@ -240,13 +249,13 @@ class JobTraining:
         self.loader = train_loader(job.train, job.train_root, cfg, info, seed=cfg["seed"] * 1000 + job.seed,
                                    batch_size=self.micro)
         self.steps_per_epoch = math.ceil(math.ceil(len(self.loader.sampler) / self.micro) / self.accum)
-        self.optimizer = build_optimizer(self.model, o["lr"], o["weight_decay"], o["betas"])
+        self.optimizer = build_optimizer(self.model, o["lr"], o["weight_decay"], o["betas"], o["lr_multipliers"])
         self.scheduler = build_scheduler(self.optimizer, o["epochs"] * self.steps_per_epoch,
                                          round(o["warmup_epochs"] * self.steps_per_epoch), o["min_lr_ratio"])
         self.class_ids = class_tokens(cfg["loss"]["template"], job.classes).to(info.device)
         self.amp = autocast_for(cfg, info)
         self.checkpoints, self.best_path = job_dir / "checkpoints", job_dir / "best_adapters.safetensors"
-        self.job_dir = job_dir
+        self.job_dir, self.run_dir = job_dir, job_dir.parent.parent
         self.progress = Progress()
 
     def run(self) -> dict:
@@ -255,6 +264,8 @@ class JobTraining:
         self.bar = progress_bar(total=epochs * self.steps_per_epoch, initial=self.progress.step,
                                 desc=f"train {self.label}", disable=not self.info.is_main, unit="step")
         for epoch in range(first_epoch, epochs):
+            if self.progress.epoch != epoch or self.progress.epoch_done:  # not the epoch a resume continues
+                self.progress.unreadable = []
             self.progress.epoch, self.progress.epoch_done = epoch, False
             consumed = self.train_epoch(epoch)
             if self.job.select is not None:
@@ -266,10 +277,11 @@ class JobTraining:
         if self.job.select is not None and self.best_path.is_file():
             load_adapters(self.model, self.best_path)  # the epoch with the best selection accuracy is evaluated
         evals = evaluate_lists(self.wrapper, self.job.evals, self.cfg, self.info, label=f"eval {self.label}",
-                               out_dir=self.job_dir / "evals")
+                               out_dir=self.job_dir / "evals", run_dir=self.run_dir)
         save_adapters(self.model, self.job_dir / "adapters.safetensors", write=self.info.is_main,
                       extra=self.description())
-        return {"evals": evals, "best_epoch": self.progress.best_epoch if self.job.select is not None else None}
+        return {"evals": evals, "best_epoch": self.progress.best_epoch if self.job.select is not None else None,
+                "unreadable_per_epoch": self.progress.unreadable_per_epoch}
 
     def resume(self) -> int:
         """Restore the last checkpoint, if any; returns the epoch to start with."""
@@ -314,6 +326,7 @@ class JobTraining:
             self.check_finite(loss, epoch)
             (loss / group_size).backward()
             consumed += labels.shape[0]
+            progress.unreadable += [int(i) for i in batch["failed_index"] if i >= 0]  # replaced by another video
             timer.add(labels.shape[0] * info.world_size)
             group.append({"loss": float(loss.detach()), **parts})
             if len(group) < group_size:
@@ -332,8 +345,15 @@ class JobTraining:
         return consumed
 
     def report_epoch(self, epoch: int, summary: dict[str, float]) -> None:
-        """The epoch's throughput and data-stall figure in metrics.jsonl / TensorBoard, a hint when data stalls."""
-        self.logger.log(f"epoch/{self.label}", epoch, **summary)
+        """The epoch's throughput, data-stall figure and unreadable videos in metrics.jsonl / TensorBoard, a hint
+        when data stalls; too many unreadable videos stop the run (``training.unreadable``)."""
+        (failed,) = gather_batch(torch.tensor(self.progress.unreadable, dtype=torch.long, device=self.info.device))
+        samples = getattr(self.loader, "dataset", self.loader).samples  # what the loader reads (debug: a subset)
+        paths = sorted({samples[i][0] for i in failed.tolist()})
+        self.progress.unreadable_per_epoch.append(len(paths))
+        self.logger.log(f"epoch/{self.label}", epoch, unreadable_videos=len(paths), **summary)
+        record_unreadable(self.run_dir, f"train {self.label} epoch {epoch}", paths, len(samples),
+                          self.cfg["data"]["max_unreadable"], write=self.info.is_main)
         hint = stall_hint(summary, self.cfg["data"]["num_workers"])
         if hint and self.info.is_main:
             self.bar.write(f"{self.label}, epoch {epoch}: {hint}")
@@ -373,7 +393,7 @@ class JobTraining:
         """Score the selection list (b2n: base-val); keep the adapters of the best epoch so far."""
         name = self.job.select
         acc = evaluate_lists(self.wrapper, self.job.evals, self.cfg, self.info, label=f"select {self.label}",
-                             names=[name])[name]["top1"]
+                             names=[name], run_dir=self.run_dir)[name]["top1"]
         self.logger.log(f"select/{self.label}", epoch, top1=acc)
         if acc > self.progress.best:
             self.progress.best, self.progress.best_epoch = acc, epoch
@@ -436,12 +456,15 @@ def main(argv: list[str] | None = None) -> dict:
         if folder is not None and info.is_main:
             record_folder(folder, run_dir)
         results = {"setting": cfg["setting"], "dataset": name, "methods": {},
-                   "trainable_parameters": {}, "views": _views(cfg, jobs), "config": cfg}
+                   "trainable_parameters": {}, "views": _views(cfg, jobs),
+                   "unreadable": {"training": {}, "evaluations": {}}, "config": cfg}
         for method in cfg["methods"]:
             mcfg = method_config(cfg, method)
             outcomes = {job.name: run_job(method, mcfg, job, backbone, info, run_dir, logger) for job in jobs}
             results["methods"][method] = summarize(cfg["setting"], jobs, outcomes)
             results["trainable_parameters"][method] = next(iter(outcomes.values()))["trainable_parameters"]
+            for kind, entries in unreadable_summary(method, outcomes).items():
+                results["unreadable"][kind].update(entries)
         results["seconds"] = time.time() - started
         if info.is_main:
             write_results(results, run_dir)
@@ -517,5 +540,5 @@ def _views(cfg: dict, jobs: list[Job]) -> str:
 if __name__ == "__main__":
     try:
         main()
-    except (ConfigError, FileNotFoundError, FloatingPointError) as e:
+    except (ConfigError, FileNotFoundError, FloatingPointError, UnreadableVideosError) as e:
         sys.exit(f"error: {e}")

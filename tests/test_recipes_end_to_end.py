@@ -13,6 +13,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from msta_fast.training.unreadable import UnreadableVideosError
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -81,8 +83,9 @@ def test_each_setting_end_to_end(setting, train, cache, tmp_path):
     assert results["methods"]["msta"] == saved["methods"]["msta"]
 
 
-def test_corrupt_video_does_not_stop_a_run(train, cache, tmp_path):
-    train(["--setting", "b2n", *tiny_args(cache, tmp_path / "warmup"), "--methods", "zero"])  # the cache exists
+def data_with_unreadable_videos(cache: Path, tmp_path: Path, lines: dict[str, int]) -> Path:
+    """A copy (by symbolic links) of the cached synthetic data set in which the videos of the first ``n`` lines of
+    each named list (``{list file: n}``) are replaced by files that are not videos."""
     data = next((cache / "synthetic").iterdir())
     copy = tmp_path / "data"
     copy.mkdir()
@@ -94,20 +97,58 @@ def test_corrupt_video_does_not_stop_a_run(train, cache, tmp_path):
         (copy / "videos" / pool).mkdir()
         for video in (data / "videos" / pool).iterdir():
             (copy / "videos" / pool / video.name).symlink_to(video)
-    train_list = (data / "datasets_splits/base2novel_splits/synthetic_splits/fs_base_s1_train.txt").read_text()
-    base_val = (data / "datasets_splits/base2novel_splits/synthetic_splits/base_val.txt").read_text()
-    for line in (train_list.splitlines()[0], base_val.splitlines()[0]):
-        target = copy / line.split()[0]
-        target.unlink()
-        target.write_bytes(b"this is not a video")
+    splits = data / "datasets_splits/base2novel_splits/synthetic_splits"
+    for name, n in lines.items():
+        for line in (splits / name).read_text().splitlines()[:n]:
+            target = copy / line.split()[0]
+            target.unlink(missing_ok=True)
+            target.write_bytes(b"this is not a video")
+    return copy
+
+
+def test_unreadable_videos_are_replaced_counted_and_listed(train, cache, tmp_path, caplog):
+    train(["--setting", "b2n", *tiny_args(cache, tmp_path / "warmup"), "--methods", "zero"])  # the cache exists
+    copy = data_with_unreadable_videos(cache, tmp_path, {"fs_base_s1_train.txt": 1, "base_val.txt": 1})
     checkpoint = next((cache / "pretrained").rglob("viclip.pth"))
     out = tmp_path / "run"
-    with pytest.warns(UserWarning, match="unreadable"):
-        results = train(["--setting", "b2n", "--dataset", "synthetic", *tiny_args(cache, out), "--data-root", str(copy),
-                         "--checkpoint", str(checkpoint)])
+    results = train(["--setting", "b2n", "--dataset", "synthetic", *tiny_args(cache, out), "--data-root", str(copy),
+                     "--checkpoint", str(checkpoint), "--set", "data.max_unreadable=0.2",
+                     "--set", "optim.epochs=2"])
     done = json.loads((out / "msta" / "seed1" / "done.json").read_text())
     assert done["evals"]["base"]["replaced"] == 1 and done["evals"]["novel"]["replaced"] == 0
+    assert done["unreadable_per_epoch"] == [1, 1]  # every epoch's, not only the first (warnings.warn shows once)
     assert 0 <= results["methods"]["msta"]["base"] <= 100
+    # listed in full: both epochs of training, every selection and final evaluation of base, for both methods
+    listed = [line.split("\t") for line in (out / "unreadable_videos.tsv").read_text().splitlines()[1:]]
+    stages = [stage for stage, _ in listed]
+    assert "train msta/seed1 epoch 0" in stages and "train msta/seed1 epoch 1" in stages
+    assert "eval msta/seed1/base" in stages and "eval zero/seed1/base" in stages
+    assert stages.count("select msta/seed1/base") == 2
+    assert {Path(video).parent.name for _, video in listed} == {"train", "val"}
+    epochs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [e["unreadable_videos"] for e in epochs if e["tag"] == "epoch/msta/seed1"] == [1, 1]
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["unreadable"]["training"] == {"msta/seed1": [1, 1]}
+    assert saved["unreadable"]["evaluations"]["msta/seed1/base"]["unreadable"] == 1
+    assert "| msta * |" in load_recipe("train").results_table(saved)
+    assert any("skipping unreadable video" in r.getMessage() for r in caplog.records)
+
+
+def test_too_many_unreadable_videos_stop_the_run_naming_them(train, cache, tmp_path):
+    train(["--setting", "b2n", *tiny_args(cache, tmp_path / "warmup"), "--methods", "zero"])
+    checkpoint = next((cache / "pretrained").rglob("viclip.pth"))
+    # 1 of the 24 training videos (debug.max_videos) is above the default limit (2%)
+    copy = data_with_unreadable_videos(cache, tmp_path, {"fs_base_s1_train.txt": 1})
+    with pytest.raises(UnreadableVideosError, match=r"train msta/seed1 epoch 0: 1 of 24 videos .*max_unreadable"):
+        train(["--setting", "b2n", "--dataset", "synthetic", *tiny_args(cache, tmp_path / "run"), "--data-root",
+               str(copy), "--checkpoint", str(checkpoint), "--methods", "msta"])
+    # an evaluation whose every video is unreadable never gives an accuracy, whatever the limit
+    other = tmp_path / "other"
+    other.mkdir()
+    copy = data_with_unreadable_videos(cache, other, {"base_val.txt": 1000, "novel_val.txt": 1000})
+    with pytest.raises(UnreadableVideosError, match=r"eval zero/seed1/base: (\d+) of \1 videos"):
+        train(["--setting", "b2n", "--dataset", "synthetic", *tiny_args(cache, tmp_path / "run2"), "--data-root",
+               str(copy), "--checkpoint", str(checkpoint), "--methods", "zero", "--set", "data.max_unreadable=1"])
 
 
 def kill_at(point: str, cmd: list[str]) -> None:

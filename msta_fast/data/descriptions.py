@@ -24,7 +24,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from tqdm import tqdm
+from msta_fast.progress import progress_bar
 
 from .chat_client import ChatClient, EndpointError
 from .lists import ProtocolFileError, read_labels
@@ -155,7 +155,7 @@ def generate_descriptions(class_names: list[str], kind: str, n: int, client: Cha
     cache_file = Path(cache_path) if cache_path else None
     cache = _read_cache(cache_file) if cache_file is not None else {}
     result = {}
-    for index, name in enumerate(tqdm(class_names, desc=f"{kind} descriptions", disable=not progress)):
+    for index, name in enumerate(progress_bar(class_names, desc=f"{kind} descriptions", disable=not progress)):
         if client is None:
             result[index] = template_descriptions(name, kind, n)
             continue

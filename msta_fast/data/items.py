@@ -4,8 +4,9 @@ cannot be read.
 An item is a training clip (one per video) or an evaluation view (``num_clips x num_crops`` per video, item ``i``
 = video ``i // num_views``, view ``i % num_views``). ``ClipOptions`` describes the clips.
 
-Unreadable videos (missing, empty, truncated, not a video) are skipped with a warning and replaced so that batches
-keep their shape (``strict=True`` raises instead):
+Unreadable videos (missing, empty, truncated, not a video, too slow to decode) are skipped with a logged warning
+naming the file, every time (a ``warnings.warn`` would be shown once per process), and replaced so that batches keep
+their shape (``strict=True`` raises instead):
 
 - training (``read_or_replace``): by another video of the list drawn from the item's own generator (its own
   label), up to ``MAX_RETRIES`` times in a row;
@@ -13,13 +14,13 @@ keep their shape (``strict=True`` raises instead):
   every (video, view) still appears exactly once.
 
 Either way the item's ``replaced`` is true and ``failed_index`` names the listed video that could not be read
-(-1 otherwise; ``item_fields``).
+(-1 otherwise; ``item_fields``): what the run counts, lists and bounds (``msta_fast.training.unreadable``).
 """
 
 from __future__ import annotations
 
+import logging
 import os
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +33,10 @@ from msta_fast.constants import IMAGENET_MEAN, IMAGENET_STD
 
 from .decode import VideoDecodeError
 from .lists import Sample
+from .sampling import SAMPLINGS, frame_indices
 from .transforms import normalize
+
+log = logging.getLogger(__name__)
 
 # Unreadable videos in a row before a training item gives up (the list is probably wrong, not one file).
 MAX_RETRIES = 10
@@ -55,6 +59,8 @@ class ClipOptions:
         flip_prob: horizontal flip probability (0 where a flip changes the class: SSv2, directions).
         mean, std: per-channel normalisation (``CLIP_MEAN``/``CLIP_STD`` for OpenAI CLIP weights).
         strict: raise ``VideoDecodeError`` on an unreadable video instead of replacing it.
+        sampling, frame_stride: which frames (``sampling.frame_indices``): "segments" (T equal segments, the
+            paper's) or "stride" (T frames ``frame_stride`` apart, M2-CLIP's K-400 recipe).
     """
 
     train: bool = True
@@ -68,6 +74,8 @@ class ClipOptions:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     strict: bool = False
+    sampling: str = "segments"
+    frame_stride: int = 16
 
     def __post_init__(self):
         if self.train:  # frozen: the dataclass's own way to normalise fields
@@ -78,8 +86,17 @@ class ClipOptions:
         if self.num_frames < 1 or self.size < 1 or self.num_clips < 1:
             raise ValueError(f"num_frames, size and num_clips must be positive, got {self.num_frames}, {self.size}, "
                              f"{self.num_clips}")
-        if self.num_crops not in (1, 3):
-            raise ValueError(f"num_crops must be 1 or 3, got {self.num_crops}")
+        if self.num_crops not in (1, 3, 4):
+            raise ValueError(f"num_crops must be 1, 3 or 4, got {self.num_crops}")
+        if self.sampling not in SAMPLINGS or self.frame_stride < 1:
+            raise ValueError(f"sampling must be one of {SAMPLINGS} and frame_stride >= 1, got {self.sampling!r}, "
+                             f"{self.frame_stride}")
+
+    def frames(self, num_frames: int, **where) -> np.ndarray:
+        """The frame indices of one clip of a video of ``num_frames`` frames (``where``: ``rng=`` in training,
+        ``clip=`` in evaluation)."""
+        return frame_indices(num_frames, self.num_frames, train=self.train, sampling=self.sampling,
+                             stride=self.frame_stride, num_clips=self.num_clips, **where)
 
     @property
     def num_views(self) -> int:
@@ -117,7 +134,7 @@ def read_or_replace(read: Callable[[int], R], index: int, rng: np.random.Generat
         except VideoDecodeError as e:
             if strict:
                 raise
-            warnings.warn(f"skipping unreadable video ({e}); replaced by another one", stacklevel=2)
+            log.warning("skipping unreadable video (%s); replaced by another one", e)
             failures += 1
             if failures > MAX_RETRIES:
                 raise VideoDecodeError(e.path, f"{failures} videos in a row were unreadable") from e
@@ -132,7 +149,7 @@ def read_or_skip(read: Callable[[int], R], index: int, *, strict: bool) -> Read[
     except VideoDecodeError as e:
         if strict:
             raise
-        warnings.warn(f"skipping unreadable video ({e}); scored on a black clip", stacklevel=2)
+        log.warning("skipping unreadable video (%s); scored on a black clip", e)
         return Read(index, None, index)
 
 

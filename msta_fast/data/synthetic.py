@@ -31,7 +31,8 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
+
+from msta_fast.progress import progress_bar
 
 from .encode import EXTENSIONS, write_video
 from .lists import write_labels, write_list
@@ -178,7 +179,7 @@ def generate(out_dir: str | os.PathLike, seed: int = 0, *, size: int = 32, num_f
             for c in range(len(names)) for i in range(n)]
     for pool in pools:
         (out / "videos" / pool).mkdir(parents=True, exist_ok=True)
-    for pool, c, i in tqdm(jobs, desc="synthetic videos", disable=not progress):
+    for pool, c, i in progress_bar(jobs, desc="synthetic videos", disable=not progress):
         # one generator per video, keyed by its motion pair (not its direction): see render_clip
         shape_id, motion_id = divmod(c, len(MOTIONS))
         key = [seed, 0 if pool == "train" else 1, shape_id, motion_id // 2, i]

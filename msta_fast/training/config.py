@@ -67,6 +67,7 @@ DEFAULTS: dict = {
         # Stop the run (before any checkpoint of that step) when a trainable weight's magnitude exceeds this: a
         # run whose loss is still finite but whose weights explode. 0 = off.
         "max_weight": 1.0e4,
+        "lr_multipliers": {},  # parameter-name prefix -> lr factor (M2-CLIP's text adapters at half the lr)
     },
     "data": {
         "backend": "decord",  # decord | pyav | torchcodec (decoding in the torch loader's workers)
@@ -74,6 +75,9 @@ DEFAULTS: dict = {
         "loader": "auto",  # auto (DALI on GPUs when installed, else torch) | torch | dali
         "num_workers": 4,
         "strict": False,  # True: an unreadable video stops the run instead of being replaced
+        # Stop when more than this fraction of a training epoch's or an evaluation's videos is unreadable (all
+        # unreadable always stops); below it they are replaced, counted and listed in unreadable_videos.tsv
+        "max_unreadable": 0.02,
         "augment": True,  # the paper's augmentation; the synthetic set turns it off (flips reverse directions)
         "flip_prob": 0.5,  # the paper's; 0 keeps the rest of the augmentation where a flip changes the class
         # dataset: folder (your own videos under data_root): the hold-out fraction when the folder has no val/,
@@ -82,6 +86,8 @@ DEFAULTS: dict = {
         "train_list": None,
         "val_list": None,
         "labels": None,
+        "sampling": "segments",  # segments (T equal segments, the paper's) | stride (T frames frame_stride apart)
+        "frame_stride": 16,  # frames between two sampled frames with sampling=stride (M2-CLIP's K-400 recipe)
     },
     "eval": {
         "batch_size": 16,
@@ -128,12 +134,14 @@ CHOICES = {
     "precision": ("auto", "fp32", "bf16"),
     "data.backend": ("decord", "pyav", "torchcodec"),
     "data.loader": ("auto", "torch", "dali"),
+    "data.sampling": ("segments", "stride"),
     "eval.select_best": ("auto", "last", "best"),
     "distributed.strategy": ("fsdp", "ddp"),
 }
 _FLOAT_1_1 = (r"^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+][0-9]+)?|\.[0-9][0-9_]*(?:[eE][-+][0-9]+)?"
               r"|[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+\.[0-9_]*|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$")
-FREE_FORM = ("model.overrides", "adapter", "method_overrides", "protocol.target_roots", "builtin_backbone")
+FREE_FORM = ("model.overrides", "adapter", "method_overrides", "protocol.target_roots", "builtin_backbone",
+             "optim.lr_multipliers")
 # loss.<method> sections are checked by the method's own loss options (method_options)
 METHOD_SECTIONS = ("loss",)
 
@@ -250,12 +258,18 @@ def check_values(cfg: dict, source: str = "config") -> None:
         (len(optim["betas"]) == 2 and all(_finite(b) and 0 <= b < 1 for b in optim["betas"]),
          f"optim.betas must be two numbers in [0, 1), got {optim['betas']}"),
         (cfg["eval"]["batch_size"] >= 1, f"eval.batch_size must be >= 1, got {cfg['eval']['batch_size']}"),
-        (cfg["eval"]["num_clips"] >= 0 and cfg["eval"]["num_crops"] in (0, 1, 3),
-         "eval.num_clips must be >= 0 and eval.num_crops 0 (the protocol's), 1 or 3"),
+        (all(isinstance(k, str) and k and _finite(v) and not isinstance(v, bool) and v > 0
+             for k, v in optim["lr_multipliers"].items()),
+         f"optim.lr_multipliers must map parameter-name prefixes to numbers > 0, got {optim['lr_multipliers']}"),
+        (cfg["eval"]["num_clips"] >= 0 and cfg["eval"]["num_crops"] in (0, 1, 3, 4),
+         "eval.num_clips must be >= 0 and eval.num_crops 0 (the protocol's), 1, 3 or 4"),
         (cfg["data"]["num_workers"] >= 0, "data.num_workers must be >= 0"),
         (_finite(t := cfg["data"]["decode_timeout"]) and t >= 0, "data.decode_timeout must be >= 0 (0: no limit)"),
+        (cfg["data"]["frame_stride"] >= 1, f"data.frame_stride must be >= 1, got {cfg['data']['frame_stride']}"),
         (0 <= cfg["data"]["flip_prob"] <= 1, "data.flip_prob must be in [0, 1]"),
         (0 < cfg["data"]["val_fraction"] < 1, "data.val_fraction must be in (0, 1)"),
+        (_finite(cfg["data"]["max_unreadable"]) and 0 <= cfg["data"]["max_unreadable"] <= 1,
+         f"data.max_unreadable must be a fraction in [0, 1], got {cfg['data']['max_unreadable']}"),
         (cfg["checkpointing"]["every_steps"] >= 0, "checkpointing.every_steps must be >= 0 (0: epoch ends only)"),
         (bool(cfg["methods"]) and all(isinstance(m, str) for m in cfg["methods"]),
          "methods must be a non-empty list of method names"),

@@ -22,6 +22,7 @@ from msta_fast.progress import progress_bar
 from msta_fast.training.distributed import DistInfo, reshard, unwrap
 from msta_fast.training.loaders import eval_loader
 from msta_fast.training.results import write_evaluation
+from msta_fast.training.unreadable import record_unreadable
 
 
 def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor, ks=(1, 5)) -> dict[str, float]:
@@ -90,11 +91,13 @@ def autocast_for(cfg: dict, info: DistInfo):
 
 @torch.no_grad()
 def evaluate_lists(wrapper, evals: dict, cfg: dict, info: DistInfo, *, label: str = "eval",
-                   names: list[str] | None = None, out_dir: Path | None = None) -> dict:
+                   names: list[str] | None = None, out_dir: Path | None = None, run_dir: Path | None = None) -> dict:
     """top-1/top-5 of evaluation lists (``evals``: ``{name: (EvalSet, data root)}``; all, or ``names``) with the
     wrapped step as it is now: ``{name: {"top1", "top5", "num_videos", "replaced", <other head>: {"top1",
     "top5"}}}``. With ``out_dir``, each list's per-class accuracy, confusion matrix and per-video predictions go
-    to ``out_dir/<name>/`` (see :func:`~msta_fast.training.results.write_evaluation`)."""
+    to ``out_dir/<name>/`` (see :func:`~msta_fast.training.results.write_evaluation`). Unreadable videos go to
+    ``run_dir``'s list; more than ``data.max_unreadable`` of a list's, or all, stop the evaluation
+    (:func:`~msta_fast.training.unreadable.record_unreadable`)."""
     step = unwrap(wrapper)
     wrapper.eval()
     amp = autocast_for(cfg, info)
@@ -105,6 +108,9 @@ def evaluate_lists(wrapper, evals: dict, cfg: dict, info: DistInfo, *, label: st
             class_emb = step.encode_text(class_tokens(cfg["loss"]["template"], evalset.classes).to(info.device))
         metrics = evaluate(lambda video, e=class_emb, c=evalset.classes: step.score(video, e, c),
                            eval_loader(evalset, root, cfg, info), info, desc=f"{label}/{name}", autocast=amp)
+        unreadable = [metrics["videos"][i] for i in metrics["replaced_videos"].nonzero().flatten().tolist()]
+        record_unreadable(run_dir, f"{label}/{name}", unreadable, metrics["num_videos"],
+                          cfg["data"]["max_unreadable"], write=info.is_main)
         results[name] = {k: metrics[k] for k in ("top1", "top5", "num_videos", "replaced")}
         results[name].update({head: {k: m[k] for k in ("top1", "top5")} for head, m in metrics["heads"].items()})
         if out_dir is not None and info.is_main:

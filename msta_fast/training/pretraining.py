@@ -8,6 +8,7 @@ text count as positives of each other (soft targets), with a learnable temperatu
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 from pathlib import Path
@@ -16,13 +17,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from msta_fast.data import decode_frames, segment_indices
+from msta_fast.data import VideoDecodeError, decode_frames, segment_indices
 from msta_fast.data import num_frames as num_frames_of
 from msta_fast.data.synthetic import SHAPES, load_captions
 from msta_fast.data.transforms import eval_transform
 from msta_fast.models import build_viclip, tokenize
 from msta_fast.progress import progress_bar
 from msta_fast.training.schedule import build_optimizer, build_scheduler
+from msta_fast.training.unreadable import record_unreadable
+
+log = logging.getLogger(__name__)
 
 MIN_TEMP = 0.01
 
@@ -41,13 +45,22 @@ def contrastive_loss(video: torch.Tensor, text: torch.Tensor, temp: torch.Tensor
     return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
 
 
-def decode_all(data_root: Path, videos: list[str], backend: str, progress: bool) -> torch.Tensor:
-    """Every frame of every video -> uint8 (N, F, H, W, 3); the synthetic videos are tiny and equally long."""
-    frames = []
-    for video in progress_bar(videos, desc="decoding captioned videos", disable=not progress):
+def decode_all(data_root: Path, videos: list[str], backend: str, progress: bool,
+               max_unreadable: float = 0.02) -> tuple[torch.Tensor, list[int]]:
+    """Every frame of every readable video -> (uint8 (N', F, H, W, 3), the indices of those videos); the synthetic
+    videos are tiny and equally long. Unreadable ones are left out, named, and stop the pre-training when more
+    than ``max_unreadable`` of them (or all) are."""
+    frames, kept, failed = [], [], []
+    for i, video in enumerate(progress_bar(videos, desc="decoding captioned videos", disable=not progress)):
         path = data_root / video
-        frames.append(decode_frames(path, np.arange(num_frames_of(path, backend)), backend=backend))
-    return torch.stack(frames)
+        try:
+            frames.append(decode_frames(path, np.arange(num_frames_of(path, backend)), backend=backend))
+            kept.append(i)
+        except VideoDecodeError as e:
+            log.warning("pre-training: leaving out an unreadable video (%s)", e)
+            failed.append(video)
+    record_unreadable(None, "pre-training", failed, len(videos), max_unreadable)
+    return torch.stack(frames), kept
 
 
 def sample_clips(videos: torch.Tensor, num_frames: int, size: int, rng: np.random.Generator) -> torch.Tensor:
@@ -102,7 +115,8 @@ def pretrain_contrastive(data_root: str | os.PathLike, out_path: str | os.PathLi
     # The captions use a few dozen of the 49,408 tokens: random fixed token embeddings suffice, and freezing
     # them saves most of the optimizer's work on a CPU.
     net.text_encoder.token_embedding.weight.requires_grad_(False)
-    clips = decode_all(data_root, [video for video, _ in samples], backend, progress)  # (N, F, H, W, 3)
+    clips, kept = decode_all(data_root, [video for video, _ in samples], backend, progress)  # (N, F, H, W, 3)
+    samples, pairs = [samples[i] for i in kept], [pairs[i] for i in kept]
     labels = torch.tensor([label for _, label in samples])
     shapes = [next((i for i, shape in enumerate(SHAPES) if shape in caption), -1) for _, caption in pairs]
     steps_per_epoch = len(mixed_batches(shapes, batch_size, np.random.default_rng(0)))

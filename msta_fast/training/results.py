@@ -7,7 +7,9 @@
     zs:   {"methods": {m: {"targets": {"hmdb": {"mean", "std", "per_split": {...}}, ...}}}}
     full: {"methods": {m: {"top1", "top5", "views"}}}
 
-plus ``setting``, ``dataset``, ``trainable_parameters`` per method and ``config`` (the resolved one).
+plus ``setting``, ``dataset``, ``trainable_parameters`` per method, ``unreadable`` (``{"training": {"method/job":
+[unreadable videos per epoch]}, "evaluations": {"method/job/list": {"unreadable", "videos"}}}``, only where there
+were some; the files are in ``unreadable_videos.tsv``) and ``config`` (the resolved one).
 """
 
 from __future__ import annotations
@@ -75,15 +77,23 @@ def markdown_table(rows: list[tuple[str, dict[str, str]]]) -> str:
 
 
 def results_table(results: dict) -> str:
+    """The run's table; a method whose evaluations scored unreadable videos (on black clips) is marked ``*``, with
+    a note naming those evaluations."""
     setting = results["setting"]
+    replaced = results.get("unreadable", {}).get("evaluations", {})
     rows = []
     for name, entry in results["methods"].items():
         cells = columns(setting, entry)
         if name in results.get("trainable_parameters", {}):
             cells["trainable params"] = f"{results['trainable_parameters'][name]:,}"
-        rows.append((name, cells))
+        rows.append((name + (" *" if any(k.startswith(name + "/") for k in replaced) else ""), cells))
     title = f"{setting} on {results['dataset']} (top-1 %, {results.get('views', '1 view')})"
-    return title + "\n\n" + markdown_table(rows)
+    table = title + "\n\n" + markdown_table(rows)
+    if replaced:
+        listed = ", ".join(f"{k} ({v['unreadable']} of {v['videos']})" for k, v in replaced.items())
+        table += (f"\n\n* scored with unreadable videos counted as black clips: {listed}; "
+                  "the files are listed in unreadable_videos.tsv")
+    return table
 
 
 def _numbers(cell: str) -> tuple[float, float]:
