@@ -12,7 +12,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from decode_helpers import CPU_BACKENDS, write_clip
+from decode_helpers import CPU_BACKENDS, needs_torchcodec, write_clip
 
 import msta_fast.data.decode as decode
 from msta_fast.data import build_loader, decode_process
@@ -118,6 +118,22 @@ def test_bounded_decoding_gives_the_same_frames(videos, backend):
         warnings.simplefilter("error")  # e.g. a read-only array handed to torch
         bounded = decode_frames(root / "v1.mp4", [3, 0, 3, 11], backend=backend, timeout=30)
     assert torch.equal(bounded, decode_frames(root / "v1.mp4", [3, 0, 3, 11], backend=backend))
+
+
+@needs_torchcodec
+def test_torchcodec_decodes_in_the_child_of_a_process_that_used_its_threads(tmp_path):
+    # frames large enough for torch to split its work over threads (small ones run serially either way)
+    path = tmp_path / "large.mp4"
+    write_clip(path, np.random.default_rng(0).integers(0, 255, (8, 256, 340, 3), dtype=np.uint8))
+    decode_process.stop()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        torch.randn(4_000_000).sin_().sum()  # a parallel region: the OpenMP pool the child inherits a copy of
+        frames = decode_frames(path, list(range(8)), backend="torchcodec", timeout=60)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(frames, decode_frames(path, list(range(8)), backend="pyav"))
 
 
 def test_without_a_limit_decoding_stays_in_this_process(videos):

@@ -11,7 +11,8 @@ next to decoding them (``benchmarks/bench_decoding.py`` measures both). When a v
 the child is killed (SIGKILL), the next video gets a fresh one, and ``VideoDecodeTimeout`` names the file; a child
 that dies (a decoder crash) is a ``VideoDecodeError`` too. Either way the loaders skip and replace the video.
 
-The child runs the CPU decoders only and no torch op: a forked copy of torch's OpenMP pool would deadlock.
+The child runs the CPU decoders only, with one torch thread: torchcodec makes its frames with torch ops, and a
+parallel region in the forked copy of a parent's OpenMP pool would deadlock.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ class _Child:
             try:
                 ours.close()
                 signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's; the child ends on EOF
+                torch.set_num_threads(1)  # see the module doc
                 _serve(Connection(theirs.detach()), self.shared)
                 code = 0
             finally:
