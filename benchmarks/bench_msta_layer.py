@@ -2,7 +2,8 @@
 
 Providers: the eager reference (``msta_adapter_ref``), ``torch.compile`` of it, the fused Triton kernels and the
 C++/CUDA extension. ``pytest benchmarks/bench_msta_layer.py --benchmark-only`` measures the CPU (fp32, small
-shapes): eager, ``torch.compile`` and the extension in one run, round-robin, with speed-ups relative to eager.
+shapes): eager, ``torch.compile``, the extension and ``auto`` (what the default backend picks) in one run,
+round-robin, with speed-ups relative to eager.
 On a GPU the device check (``benchmarks/device_check.sh``, steps ``layer`` and ``extension``) measures the
 ViCLIP-B/16 shapes of :data:`GPU_CASES` in bf16 with these helpers, with achieved TFLOP/s and GB/s and the fraction
 of the roofline floor that the check's probe measured:
@@ -42,9 +43,14 @@ GPU_CASES = {
 
 
 def provider_op(name: str, compile_backend: str = "inductor"):
-    """The op of a provider: ``eager``, ``compile`` (``torch.compile`` of the reference), ``triton`` or ``ext``."""
+    """The op of a provider: ``eager``, ``compile`` (``torch.compile`` of the reference), ``triton``, ``ext``, or
+    ``auto`` (``msta_fast.ops.msta_adapter``: what the default backend picks, once the extension is loaded)."""
     if name == "eager":
         return msta_adapter_ref
+    if name == "auto":
+        from msta_fast.ops import msta_adapter
+
+        return msta_adapter
     if name == "compile":
         return torch.compile(msta_adapter_ref, backend=compile_backend)
     if name == "triton":
@@ -87,13 +93,13 @@ def work(case: AdapterCase, phase: str, elem_bytes: int) -> tuple[float, float]:
 @pytest.mark.parametrize("phase", ["fwd", "fwd+bwd"])
 @pytest.mark.parametrize("case_name", list(CPU_CASES))
 def test_cpu_layer(benchmark, record_result, case_name, phase):
-    """CPU, fp32: eager, torch.compile and the extension in one run, round-robin (parity checked first); the
-    extension's own timing is pytest-benchmark's."""
+    """CPU, fp32: eager, torch.compile, the extension and what ``auto`` picks, in one run, round-robin (parity
+    checked first); the extension's own timing is pytest-benchmark's."""
     case = CPU_CASES[case_name]
     x, weights, residual = make_inputs(case, torch.float32, "cpu")
     want = msta_adapter_ref(x, *weights, residual=residual, **case.options())
     fns, errors = {}, {}
-    for provider in ("eager", "compile", "ext"):
+    for provider in ("eager", "compile", "ext", "auto"):  # auto after ext: it may use the loaded extension
         op = provider_op(provider)
         errors[provider] = relative_error(op(x, *weights, residual=residual, **case.options()), want)
         assert errors[provider] < 1e-5, f"{provider} differs from the reference: relative error {errors[provider]:.3g}"

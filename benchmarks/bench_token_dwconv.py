@@ -3,9 +3,10 @@ forward and forward + backward.
 
 Providers: the eager reference (``token_dwconv_ref``: a permute to (B, C, T, H, W), ``conv3d``, a permute back),
 ``torch.compile`` of it, the Triton kernel (token layout, no permutes) and the C++/CUDA extension.
-``pytest benchmarks/bench_token_dwconv.py --benchmark-only`` measures the CPU (fp32): eager, ``torch.compile`` and
-the extension in one run, round-robin, with speed-ups relative to eager. On a GPU the device check
-(``benchmarks/device_check.sh``, steps ``token_conv`` and ``extension``) measures the TED-Adapter's shapes on
+``pytest benchmarks/bench_token_dwconv.py --benchmark-only`` measures the CPU (fp32): eager, ``torch.compile``, the
+extension and ``auto`` (what the default backend picks) in one run, round-robin, with speed-ups relative to eager.
+On a GPU the device check (``benchmarks/device_check.sh``, steps ``token_conv`` and ``extension``) measures the
+TED-Adapter's shapes on
 ViCLIP-B/16 (:data:`GPU_CASES`: batch 32, 8 frames, 14 x 14 patches, the adapter's 384 channels; the (3,1,1) TConv
 and the (1,3,3) SConv) in bf16 with these helpers; the op is memory-bound, so its floor is bytes / bandwidth
 (forward: read u, write y; forward + backward: + read dy, write du, read u).
@@ -33,9 +34,14 @@ GPU_CASES = {
 
 
 def provider_op(name: str, compile_backend: str = "inductor"):
-    """The op of a provider: ``eager``, ``compile`` (``torch.compile`` of the reference), ``triton`` or ``ext``."""
+    """The op of a provider: ``eager``, ``compile`` (``torch.compile`` of the reference), ``triton``, ``ext``, or
+    ``auto`` (``msta_fast.ops.token_dwconv``: what the default backend picks, once the extension is loaded)."""
     if name == "eager":
         return token_dwconv_ref
+    if name == "auto":
+        from msta_fast.ops import token_dwconv
+
+        return token_dwconv
     if name == "compile":
         return torch.compile(token_dwconv_ref, backend=compile_backend)
     if name == "triton":
@@ -78,12 +84,13 @@ def min_bytes(u: torch.Tensor, phase: str) -> float:
 @pytest.mark.parametrize("phase", ["fwd", "fwd+bwd"])
 @pytest.mark.parametrize("case_name", list(CPU_CASES))
 def test_cpu_token_dwconv(benchmark, record_result, case_name, phase):
-    """CPU, fp32: eager, torch.compile and the extension in one run, round-robin (parity checked first)."""
+    """CPU, fp32: eager, torch.compile, the extension and what ``auto`` picks, in one run, round-robin (parity
+    checked first)."""
     u, w, b, grid = make_case(case_name, CPU_CASES, torch.float32, "cpu")
     with torch.no_grad():
         want = token_dwconv_ref(u, w, b, grid, "viclip")
     fns, errors = {}, {}
-    for provider in ("eager", "compile", "ext"):
+    for provider in ("eager", "compile", "ext", "auto"):  # auto after ext: it may use the loaded extension
         op = provider_op(provider)
         with torch.no_grad():
             errors[provider] = relative_error(op(u, w, b, grid, "viclip"), want)

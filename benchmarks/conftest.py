@@ -22,6 +22,10 @@ import torch
 # a kernel: switched on here, before any benchmark module imports msta_fast (and with it triton).
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# MSTA_FAST_BENCH_THREADS=1: one CPU thread; on shared, loaded cores two threads' timings vary by tens of percent
+# (each op waits for its slower thread), one thread's hold their ratios.
+if os.environ.get("MSTA_FAST_BENCH_THREADS"):
+    torch.set_num_threads(int(os.environ["MSTA_FAST_BENCH_THREADS"]))
 
 # MSTA_FAST_BENCH_RESULTS: another folder (the device check collects a run's files in its own)
 RESULTS_DIR = Path(os.environ.get("MSTA_FAST_BENCH_RESULTS", Path(__file__).resolve().parent / "results"))

@@ -68,6 +68,28 @@ def test_auto_on_cpu_uses_the_extension_when_allowed(monkeypatch):
     assert dispatch.resolve_backend(x, torch.randn(16, 32)) == "ext"
 
 
+def test_auto_on_cpu_picks_per_op_from_what_was_measured(monkeypatch):
+    """The extension for the adapter with a temporal path and the token convolution; the reference for the text
+    tower's adapter (the extension is no faster there); an explicit ``ext`` is obeyed."""
+    from msta_fast.ops import extension_ops
+
+    monkeypatch.setenv("MSTA_FAST_BUILD_EXT", "1")
+    calls = []
+    monkeypatch.setattr(extension_ops, "msta_adapter_ext", lambda *a, **k: calls.append(k.get("grid")) or a[0])
+    x, weights, residual = make_inputs(AdapterCase(batch=1, width=32, dim=16, grid=(2, 2, 2)), torch.float32)
+    text = weights[:6] + [None, None]
+    assert dispatch.resolve_backend(x, weights[0], temporal=False) == "torch"
+    assert dispatch.resolve_backend(x, weights[0], temporal=True) == "ext"
+    assert dispatch.resolve_backend(x, None) == "ext"
+    out = msta_adapter(x, *text, residual=residual)
+    assert calls == []
+    assert_close("out", out, msta_adapter_ref(x, *text, residual=residual), 1e-6)
+    msta_adapter(x, *weights, residual=residual, grid=(2, 2, 2))
+    assert calls == [(2, 2, 2)]
+    set_backend("ext")
+    assert dispatch.resolve_backend(x, weights[0], temporal=False) == "ext"
+
+
 def test_explicit_backends_refuse_what_they_cannot_do():
     x, weights, _ = make_inputs(AdapterCase(batch=1, width=32, dim=16, grid=(2, 2, 2)), torch.float32)
     mask = torch.ones(1, x.shape[1], 16, dtype=torch.bool)

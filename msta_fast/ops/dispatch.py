@@ -9,7 +9,10 @@ the adapter modules reach the fast ops.
 - ``ext``: the C++/CUDA extension (built on first use, about 40 s on the CPU, then cached);
 - ``auto`` (default): Triton for CUDA tensors; otherwise the extension **if it is already built or
   ``MSTA_FAST_BUILD_EXT=1``** (so that ``auto`` never starts a surprise compile); otherwise the
-  reference. Each fallback is logged once with its reason. A Triton failure at run time, forward
+  reference. On CPU tensors ``auto`` picks per op from what was measured (``benchmarks/results/*_cpu-*.md``):
+  the extension for the adapter with a temporal path (2-3x the reference) and for the token convolution
+  (2.5-12x), the reference for an adapter without one (the text tower: the same three GEMMs either way; the
+  extension measured 0.9-1.16x, within the noise of shared cores), so that ``auto`` is never slower than it. Each fallback is logged once with its reason. A Triton failure at run time, forward
   or backward (a kernel that does not compile on this GPU, say; not running out of memory), is
   handled by :mod:`msta_fast.ops.fallback`: that call runs the reference and ``auto`` skips Triton
   for the rest of the process.
@@ -78,9 +81,10 @@ def _ext_problem(x: torch.Tensor, explicit: bool) -> str | None:
     return None
 
 
-def resolve_backend(x: torch.Tensor, down_w: torch.Tensor | None, *, has_mask: bool = False) -> str:
-    """The backend that :func:`msta_adapter` (``down_w`` given) or :func:`token_dwconv` (``down_w``
-    None) uses for these inputs: ``triton``, ``ext`` or ``torch``."""
+def resolve_backend(x: torch.Tensor, down_w: torch.Tensor | None, *, has_mask: bool = False,
+                    temporal: bool = True) -> str:
+    """The backend that :func:`msta_adapter` (``down_w`` given; ``temporal``: with a temporal path) or
+    :func:`token_dwconv` (``down_w`` None) uses for these inputs: ``triton``, ``ext`` or ``torch``."""
     name = get_backend()
     if name == "torch":
         return "torch"
@@ -103,6 +107,9 @@ def resolve_backend(x: torch.Tensor, down_w: torch.Tensor | None, *, has_mask: b
         if problem is None:
             return "triton"
         _log_once("triton", f"msta_fast: Triton kernels not used ({problem}); trying the C++/CUDA extension")
+    elif down_w is not None and not temporal:
+        # Measured on the CPU: no faster than the reference there (module docstring).
+        return "torch"
     problem = _ext_problem(x, explicit=False)
     if problem is None:
         return "ext"
@@ -142,7 +149,7 @@ def _fast_adapter(backend, x, *weights, residual=None, dropout_mask=None, **opti
 def msta_adapter(x, down_w, down_b, shared_w, shared_b, up_w, up_b, conv_w=None, conv_b=None, **options):
     """``residual + s * A(x)``: signature and semantics of :func:`msta_fast.ops.reference.msta_adapter_ref`."""
     weights = (down_w, down_b, shared_w, shared_b, up_w, up_b, conv_w, conv_b)
-    backend = resolve_backend(x, down_w, has_mask=options.get("dropout_mask") is not None)
+    backend = resolve_backend(x, down_w, has_mask=options.get("dropout_mask") is not None, temporal=conv_w is not None)
     if backend != "torch":
         try:
             return _fast_adapter(backend, x, *weights, **options)

@@ -59,6 +59,9 @@ def _register() -> None:
             (x, down_w, down_b, shared_w, shared_b, up_w, up_b, conv_w, conv_b, residual, keep, scale, dropout_p,
              grid, layout, has_cls, tokens, grad_scale) = inputs
             _, z1, h = output
+            # z1 and h are saved activations, not results: no zero-filled (tokens, r) gradients for them.
+            ctx.mark_non_differentiable(z1, h)
+            ctx.set_materialize_grads(False)
             ctx.save_for_backward(x, z1, h, down_w, shared_w, up_w, up_b, conv_w)
             ctx.flags = (down_b is not None, shared_b is not None, conv_b is not None, residual is not None)
             ctx.options = (scale, grad_scale, dropout_p if keep is not None else 0.0, grid, layout, has_cls, tokens)
