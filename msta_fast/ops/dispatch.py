@@ -12,10 +12,11 @@ the adapter modules reach the fast ops.
   reference. On CPU tensors ``auto`` picks per op from what was measured (``benchmarks/results/*_cpu-*.md``):
   the extension for the adapter with a temporal path (2-3x the reference) and for the token convolution
   (2.5-12x), the reference for an adapter without one (the text tower: the same three GEMMs either way; the
-  extension measured 0.9-1.16x, within the noise of shared cores), so that ``auto`` is never slower than it. Each fallback is logged once with its reason. A Triton failure at run time, forward
-  or backward (a kernel that does not compile on this GPU, say; not running out of memory), is
-  handled by :mod:`msta_fast.ops.fallback`: that call runs the reference and ``auto`` skips Triton
-  for the rest of the process.
+  extension measured 0.9-1.16x, within the noise of shared cores), so that ``auto`` is never slower than it.
+  Each fallback is logged once with its reason. A Triton failure at run time, forward or backward (a
+  kernel that does not compile on this GPU, say; not running out of memory), is handled by
+  :mod:`msta_fast.ops.fallback`: that call runs the reference and ``auto`` skips Triton for the rest of
+  the process.
 
 Calls the fast paths do not cover go to the reference under every backend but ``triton``/``ext``
 asked for explicitly, which raise instead: a caller-provided ``dropout_mask`` (a testing hook),
