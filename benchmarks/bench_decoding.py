@@ -132,7 +132,7 @@ def test_decode(benchmark, record_result, videos, fmt):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        measured = interleaved(benchmark, providers, rounds=5)
+        measured = interleaved(benchmark, providers, rounds=7)
     finally:
         torch.set_num_threads(threads)
     record_all(record_result, fmt, 0, measured)
@@ -151,7 +151,7 @@ def test_loader(benchmark, record_result, videos, fmt, workers):
                                                          num_frames=CLIP_FRAMES, size=SIZE, loader="torch",
                                                          num_workers=workers, backend=backend))
                  for backend in BACKENDS}
-    measured = interleaved(benchmark, providers, rounds=3)
+    measured = interleaved(benchmark, providers, rounds=5)
     record_all(record_result, fmt, workers, measured)
 
 
