@@ -42,8 +42,8 @@ def inputs(case, dry: bool):
 
 
 def warm(item: tuple[str, str, bool]) -> dict:
-    """Compile one provider for one case, forward and backward (and, for Triton, the dropout variant the training
-    step of the next step launches)."""
+    """Compile one provider for one case: without gradients, forward and backward (and, for Triton, the dropout
+    variant that the training step of the next step launches)."""
     import dataclasses
 
     from bench_msta_layer import step_fn
@@ -51,8 +51,12 @@ def warm(item: tuple[str, str, bool]) -> dict:
     case_name, name, dry = item
     case = cases(dry)[case_name]
     op = provider(name, dry)
+    import torch
+
     for c in [case] + ([dataclasses.replace(case, dropout_p=0.1)] if name == "triton" else []):
         x, weights, residual = inputs(c, dry)
+        with torch.no_grad():  # the parity check's call: an inference graph of its own for torch.compile
+            op(x, *weights, residual=residual, **c.options())
         step_fn(op, c, x, weights, residual, "fwd+bwd")()
     return {"warmed": f"{case_name}/{name}"}
 

@@ -33,9 +33,12 @@ def nvidia_smi() -> dict:
         return {}
     fields = ["driver_version", "clocks.sm", "clocks.max.sm", "clocks.mem", "clocks.max.mem", "power.draw",
               "power.limit", "temperature.gpu", "pstate"]
-    out = subprocess.run(["nvidia-smi", f"--query-gpu={','.join(fields)}", "--format=csv,noheader"],
-                         capture_output=True, text=True, check=False).stdout.strip().splitlines()
-    return dict(zip(fields, (v.strip() for v in out[0].split(",")), strict=False)) if out else {}
+    proc = subprocess.run(["nvidia-smi", f"--query-gpu={','.join(fields)}", "--format=csv,noheader"],
+                          capture_output=True, text=True, check=False)
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines:  # a field this driver does not know: record why, measure on
+        return {"nvidia_smi": (proc.stderr or proc.stdout).strip()[:200]}
+    return dict(zip(fields, (v.strip() for v in lines[0].split(",")), strict=False))
 
 
 def copy_bandwidth(step: Step, megabytes: int) -> float:
