@@ -21,9 +21,9 @@ ENCODERS = {
 
 
 def write_clip(path, frames: np.ndarray, codec: str = "h264", rotation: int = 0, pix_fmt: str | None = None,
-               fps: int = 25) -> None:
+               fps: int = 25, hflip: bool = False) -> None:
     """Encode uint8 RGB ``(T, H, W, 3)`` with PyAV; ``rotation``: a display matrix turning the stored frames that
-    many degrees counter-clockwise when shown (what phones write for portrait videos)."""
+    many degrees counter-clockwise when shown (what phones write for portrait videos), mirrored with ``hflip``."""
     import av
 
     encoder, default_pix_fmt, options, _ = ENCODERS[codec]
@@ -33,8 +33,8 @@ def write_clip(path, frames: np.ndarray, codec: str = "h264", rotation: int = 0,
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = pix_fmt or default_pix_fmt
         stream.options = dict(options)
-        if rotation:
-            stream.set_display_rotation(rotation)
+        if rotation or hflip:
+            stream.set_display_rotation(rotation, hflip=hflip)
         for frame in np.ascontiguousarray(frames, dtype=np.uint8):
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
         container.mux(stream.encode())

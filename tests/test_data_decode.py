@@ -124,6 +124,15 @@ def test_every_backend_turns_rotated_videos_upright(rotated, codec, rotation, ba
         assert video.frame_size == upright.shape[1:3]  # the size the DALI loader plans its crops with
 
 
+def test_backends_agree_on_a_mirroring_display_matrix(tmp_path):
+    path = tmp_path / "mirrored.mp4"
+    write_clip(path, smooth_frames(), rotation=90, hflip=True)
+    pyav = decode_frames(path, INDICES, backend="pyav")
+    assert pyav.shape == (len(INDICES), W, H, 3)
+    for backend in ("decord",) + (() if TORCHCODEC_MISSING else ("torchcodec",)):
+        assert (decode_frames(path, INDICES, backend=backend).int() - pyav.int()).abs().float().mean() < 0.5
+
+
 @pytest.mark.parametrize("codec, pix_fmt", [("h264", "yuv444p"), ("vp9", None), ("av1", None)])
 @pytest.mark.parametrize("shape", [(33, 47), (47, 33)])  # odd sizes, landscape and portrait
 def test_odd_sizes_decode_alike(tmp_path, codec, pix_fmt, shape):

@@ -4,7 +4,8 @@
 ``(len(indices), H, W, 3)`` RGB tensor, upright: every backend applies the container's rotation (the display
 matrix of MP4, MOV, MKV and WebM files; phones store portrait videos as rotated landscape ones), so ``H x W`` is
 the size as displayed. decord2 and torchcodec rotate themselves; for PyAV and DALI the rotation is read from the
-first frame's side data and applied here (mirroring display matrices are rare and ignored, as decord2 does).
+first frame's side data and applied here (a rare mirroring matrix counts by its rotation angle alone, as
+decord2 and torchcodec read it: FFmpeg's ``av_display_rotation_get``).
 
 All backends give the same frames within codec rounding: decord2, PyAV and torchcodec are FFmpeg underneath
 (decord2 and PyAV bundle their own; torchcodec loads the system's shared libraries, FFmpeg 4 to 9, and says so
