@@ -2,6 +2,7 @@
 the loader is the bottleneck; the torch loader keeps its workers across epochs (persistent workers)."""
 
 import os
+import threading
 import time
 
 import numpy as np
@@ -79,3 +80,24 @@ def test_workers_persist_across_epochs(videos, backend_as, tmp_path_factory):
         assert sum(len(b["video"]) for b in loader) == len(samples)
     # two worker processes in all: they were started once, not once per epoch
     assert len(list(RecordsItsProcess.folder.iterdir())) == 2
+
+
+def test_prefetching_keeps_order_and_errors():
+    from msta_fast.data.dataset import prefetched
+
+    assert list(prefetched(iter(range(50)), depth=2)) == list(range(50))
+
+    def failing():
+        yield 1
+        raise ValueError("broken video list")
+
+    got = prefetched(failing())
+    assert next(got) == 1
+    with pytest.raises(ValueError, match="broken video list"):
+        next(got)
+    early = prefetched(iter(range(10**6)))
+    assert next(early) == 0
+    (thread,) = [t for t in threading.enumerate() if t.name == "msta-fast-prefetch"]
+    early.close()  # a consumer that stops early leaves no thread blocked on a full queue
+    thread.join(timeout=60)  # a bound only against a hang: it ends within one poll of its queue
+    assert not thread.is_alive()
