@@ -1,5 +1,5 @@
-"""Video data pipeline: protocol lists, frame sampling, decoding (decord, PyAV, DALI), augmentation, loaders,
-class descriptions and a synthetic action data set."""
+"""Video data pipeline: protocol lists, frame sampling, decoding (decord2, PyAV, torchcodec, DALI; each video under a
+time limit), augmentation, loaders, class descriptions and a synthetic action data set."""
 
 from .decode import VideoDecodeError, decode_frames, num_frames
 from .lists import ProtocolFileError, read_labels, read_list

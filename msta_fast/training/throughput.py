@@ -65,4 +65,4 @@ def stall_hint(summary: dict[str, float], num_workers: int) -> str | None:
         return None
     return (f"the loader is the bottleneck: {100 * summary['data_wait_fraction']:.0f}% of the epoch was spent waiting "
             f"for batches ({summary['clips_per_s']:.1f} clips/s); raise data.num_workers (now {num_workers}) or "
-            "decode on the GPU (data.loader=dali)")
+            "decode on the GPU (data.loader=dali, or data.backend=torchcodec)")
