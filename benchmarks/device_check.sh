@@ -12,7 +12,7 @@
 #   e2e         ViCLIP-B/16 + MSTA training step (batch 32, 8 frames, bf16) per backend vs the frozen backbone
 #   token_conv  M2-CLIP's token convolution: eager, torch.compile, Triton
 #   extension   the C++/CUDA extension: build (nvcc is slow: last), parity, timings
-#   decoding    DALI on NVDEC against decord with 16 workers (only if DALI was staged)
+#   decoding    DALI on NVDEC against decord2 with 16 workers (only if DALI was staged)
 # A step that fails or runs out of time is recorded and the next one runs. Each step's rows are saved as they
 # come (JSON lines) to the results folder (default benchmarks/results/device-check-<UTC time>/) and, when $OUT is
 # set, to $OUT/device-check/; at the end summary.md holds one table of every step and every number.

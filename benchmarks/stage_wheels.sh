@@ -5,7 +5,7 @@
 #
 #   bash benchmarks/stage_wheels.sh            # .whl/: open_clip_torch, ftfy, wcwidth (about 1.6 MB)
 #   bash benchmarks/stage_wheels.sh --dali     # also .whl-dali/: NVIDIA DALI (about 200 MB, split into parts of
-#                                              # 48 MiB), decord and PyAV, for the optional decoding step
+#                                              # 48 MiB), decord2 and PyAV, for the optional decoding step
 #
 # What the device check needs: `import msta_fast` imports open_clip (and open_clip ftfy, ftfy wcwidth); without
 # them the steps run with a stub that raises if used (none tokenizes). Versions: those installed here when there
@@ -40,7 +40,7 @@ download .whl open_clip_torch ftfy wcwidth
 du -sh .whl
 
 if [ "$DALI" = 1 ]; then
-  download .whl-dali decord av
+  download .whl-dali decord2 av
   download .whl-dali nvidia-dali-cuda130
   # A command may carry 64 MiB in all: split what is larger; device_check.sh puts the parts back together.
   for whl in .whl-dali/*.whl; do
