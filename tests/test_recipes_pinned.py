@@ -9,10 +9,10 @@ Exact numbers need the same floating-point arithmetic, and training amplifies a 
 accuracies. MKL chooses its GEMM kernels by CPU (seen: on an AMD EPYC with AVX2, ``MKL_CBWR=AVX2`` alone changes
 the pre-trained backbone, and the default's zero-shot base accuracy goes from 66.3 to 67.1), and an AVX-512 CPU
 runs other MKL, oneDNN and ATen kernels again. So the run takes the AVX2 code paths of all three on every x86-64
-CPU, with two threads (``PINNED_ENV``): its numbers are not those of a plain run on any one machine, but the same
-on all of them. What that cannot fix is the video decoder's YUV-to-RGB conversion (FFmpeg's, inside
+CPU, with two threads (``PINNED_ENV``): its numbers are not those of a plain run, and are meant to be the same on
+every x86-64 CPU with AVX2 (MKL's conditional numerical reproducibility; checked on one AMD EPYC only). What that cannot fix is the video decoder's YUV-to-RGB conversion (FFmpeg's, inside
 decord2), which may differ by a level between FFmpeg builds and CPUs: the numbers are exact where the recorded
-``fingerprint`` (CPU vector unit, torch, decord, PyAV) matches; elsewhere the means over the seeds must stay within
+``fingerprint`` (CPU vendor and vector unit, torch, decord, PyAV) matches; elsewhere the means over the seeds must stay within
 ``TOLERANCE`` points of the recorded ones, and the test says which check it made.
 """
 
@@ -41,8 +41,17 @@ def fingerprint() -> dict:
     import av
     import decord
 
-    return {"cpu": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__.split("+")[0],
-            "decord": decord.__version__, "av": av.__version__}
+    return {"cpu": f"{_cpu_vendor()} {torch.backends.cpu.get_cpu_capability()}",
+            "torch": torch.__version__.split("+")[0], "decord": decord.__version__, "av": av.__version__}
+
+
+def _cpu_vendor() -> str:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "unknown"
+    return next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("vendor_id")),
+                "unknown")
 
 
 def run_default(out: Path, cache: Path) -> dict:
