@@ -6,14 +6,15 @@ A change that moves them changes what users get from the default; re-record them
 (``python tests/test_recipes_pinned.py OUT CACHE`` prints the new file).
 
 Exact numbers need the same floating-point arithmetic, and training amplifies a last-bit difference into other
-accuracies. MKL chooses its GEMM kernels by CPU (seen: on an AMD EPYC with AVX2, ``MKL_CBWR=AVX2`` alone changes
-the pre-trained backbone, and the default's zero-shot base accuracy goes from 66.3 to 67.1), and an AVX-512 CPU
-runs other MKL, oneDNN and ATen kernels again. So the run takes the AVX2 code paths of all three on every x86-64
-CPU, with two threads (``PINNED_ENV``): its numbers are not those of a plain run, and are meant to be the same on
-every x86-64 CPU with AVX2 (MKL's conditional numerical reproducibility; checked on one AMD EPYC only). What that cannot fix is the video decoder's YUV-to-RGB conversion (FFmpeg's, inside
-decord2), which may differ by a level between FFmpeg builds and CPUs: the numbers are exact where the recorded
-``fingerprint`` (CPU vendor and vector unit, torch, decord, PyAV) matches; elsewhere the means over the seeds must stay within
-``TOLERANCE`` points of the recorded ones, and the test says which check it made.
+accuracies. MKL chooses its GEMM kernels by CPU (seen: on an AMD EPYC with AVX2, ``MKL_CBWR=AVX2`` alone changes the
+pre-trained backbone, and the default's zero-shot base accuracy goes from 66.3 to 67.1), and an AVX-512 CPU runs
+other MKL, oneDNN and ATen kernels again. So the run takes the AVX2 code paths of all three on every x86-64 CPU,
+with two threads (``PINNED_ENV``): its numbers are not those of a plain run, and are meant to be the same on every
+x86-64 CPU with AVX2 (MKL's conditional numerical reproducibility; checked on one AMD EPYC only). What that cannot
+fix is the video decoder's YUV-to-RGB conversion (FFmpeg's, inside decord2), which may differ by a level between
+FFmpeg builds and CPUs: the numbers are exact where the recorded ``fingerprint`` (CPU vendor and vector unit, torch,
+decord, PyAV) matches; elsewhere the means over the seeds must stay within ``TOLERANCE`` points of the recorded
+ones, and the test says which check it made.
 """
 
 import json
