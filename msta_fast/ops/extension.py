@@ -41,9 +41,11 @@ def want_cuda() -> bool:
     flag = os.environ.get("MSTA_FAST_EXT_CUDA")
     if flag is not None:
         return flag not in ("0", "", "false")
+    if not torch.cuda.is_available():
+        return False  # before importing cpp_extension, which warns "No CUDA runtime is found" on every CPU run
     from torch.utils.cpp_extension import CUDA_HOME
 
-    return torch.cuda.is_available() and CUDA_HOME is not None
+    return CUDA_HOME is not None
 
 
 def sources(with_cuda: bool) -> list[Path]:
@@ -84,10 +86,15 @@ def load(with_cuda: bool | None = None, verbose: bool = False) -> str:
     with _lock:
         if _loaded is not None:
             return _loaded
-        from torch.utils.cpp_extension import load as cpp_load
-
         name = build_name(with_cuda)
         directory = build_dir(with_cuda)
+        built = directory / f"{name}.so"
+        if built.exists():  # the name hashes sources and torch: a build for them, loaded without a ninja check
+            torch.ops.load_library(str(built))
+            _loaded = str(built)
+            return _loaded
+        from torch.utils.cpp_extension import load as cpp_load
+
         directory.mkdir(parents=True, exist_ok=True)
         cflags = ["-O3"] + (["-DMSTA_WITH_CUDA"] if with_cuda else [])
         cpp_load(
