@@ -326,7 +326,8 @@ class JobTraining:
             self.check_finite(loss, epoch)
             (loss / group_size).backward()
             consumed += labels.shape[0]
-            progress.unreadable += [int(i) for i in batch["failed_index"] if i >= 0]  # replaced by another video
+            failed = batch["failed_index"]
+            progress.unreadable += failed[failed >= 0].tolist()  # listed videos replaced by another one
             timer.add(labels.shape[0] * info.world_size)
             group.append({"loss": float(loss.detach()), **parts})
             if len(group) < group_size:

@@ -37,3 +37,12 @@ def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
     """max |a - b| / max |b|, in float64."""
     a, b = a.detach().double(), b.detach().double()
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
+
+
+def randomise_viclip(model):
+    """Random weights everywhere (a built ViCLIP's temporal embedding starts at zero), temperature 0.07."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn_like(p) * 0.05)
+        model.temp.fill_(0.07)
+    return model

@@ -6,6 +6,7 @@ import logging
 
 import pytest
 import torch
+from conftest import randomise_viclip
 from official_viclip import OfficialViCLIP
 
 import msta_fast
@@ -29,18 +30,10 @@ def config():
     return get_config("viclip-tiny", num_frames=4, vision_layers=2, text_layers=2, vision_heads=2, text_heads=2)
 
 
-def randomise(model):
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn_like(p) * 0.05)
-        model.temp.fill_(0.07)
-    return model
-
-
 def twins(method, text_checkpoint_num=0):
     """Our ViCLIP and the official module with the same weights, patched alike, adapters equal and non-zero."""
     torch.manual_seed(0)
-    ours = randomise(msta_fast.ViCLIP(config()))
+    ours = randomise_viclip(msta_fast.ViCLIP(config()))
     official = OfficialViCLIP(config())
     official.load_state_dict(ours.state_dict(), strict=True)
     official.text_encoder.transformer.checkpoint_num = text_checkpoint_num

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import relative_error
+from conftest import randomise_viclip, relative_error
 from official_viclip import OfficialViCLIP
 
 import msta_fast
@@ -12,15 +12,6 @@ from msta_fast.models.tokenizer import tokenize
 
 def _small_cfg(**kw):
     return get_config("viclip-tiny", **kw)
-
-
-def _randomise(model):
-    """Random values everywhere (the temporal embedding starts at zero)."""
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn_like(p) * 0.05)
-        model.temp.fill_(0.07)
-    return model
 
 
 def test_presets_match_published_checkpoints_on_meta_device():
@@ -43,7 +34,7 @@ def test_presets_match_published_checkpoints_on_meta_device():
 @pytest.mark.parametrize("frames", [1, 4])
 def test_same_function_as_the_published_code(frames):
     cfg = _small_cfg(num_frames=4, vision_layers=3, text_layers=2, vision_width=128, text_width=64)
-    ours = _randomise(msta_fast.ViCLIP(cfg)).eval()
+    ours = randomise_viclip(msta_fast.ViCLIP(cfg)).eval()
     official = OfficialViCLIP(cfg).eval()
     official.load_state_dict(ours.state_dict(), strict=True)
     video = torch.randn(3, frames, 3, cfg.image_size, cfg.image_size)
